@@ -1,0 +1,100 @@
+"""What every model shares: its card (input spec and provenance) and its typed forward output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fer_demo.labels import EXPRESSIONS
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    """Everything the predictor and the training recipes need to know about a model.
+
+    Attributes:
+        name: Registry name, also the stem of the weight file.
+        title: Human-readable method name.
+        paper: Citation of the paper the architecture follows.
+        url: Link to the paper.
+        input_size: (height, width) of the network input in pixels.
+        channels: 1 for grayscale input, 3 for RGB.
+        mean: Per-channel mean subtracted after scaling pixels to [0, 1].
+        std: Per-channel standard deviation divided after subtracting the mean.
+        equalize: Contrast normalisation applied to the grayscale face before scaling: "clahe", "hist" or None.
+        embedding_dim: Size of the expression embedding the model returns.
+        classes: Output class order.
+        license: Licence of the code and of the weights trained by this project.
+        notes: Where the implementation departs from the paper, and why.
+    """
+
+    name: str
+    title: str
+    paper: str
+    url: str
+    input_size: tuple[int, int]
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    equalize: str | None
+    embedding_dim: int
+    classes: tuple[str, ...] = EXPRESSIONS
+    license: str = "MIT (code); weights trained on research-only data, non-commercial use"
+    notes: str = ""
+
+    @property
+    def weight_file(self) -> str:
+        """File name of the trained weights in the weight store."""
+        return f"{self.name}.safetensors"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """The forward result every model returns; method-specific outputs subclass it.
+
+    Attributes:
+        logits: (N, C) class scores in the card's class order.
+        embedding: (N, D) expression embedding (used for t-SNE and the identity-leakage probe).
+        neutral: (N, 1, H, W) generated neutral reference in [0, 1], for generative methods.
+        heatmaps: name -> (N, H, W) maps in [0, 1] at the input resolution.
+        attention: (N, D) attention weights over the embedding elements, in (0, 1].
+    """
+
+    logits: torch.Tensor
+    embedding: torch.Tensor
+    neutral: torch.Tensor | None = None
+    heatmaps: dict[str, torch.Tensor] = field(default_factory=dict)
+    attention: torch.Tensor | None = None
+
+
+class FerModel(nn.Module):
+    """Base class of the four methods: a module with a card whose forward returns a `ModelOutput`."""
+
+    card: ModelCard
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def normalized_heatmap(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Sum feature maps over channels, min-max normalise each map to [0, 1] and resize it to `size`.
+
+    Args:
+        features: (N, C, h, w) activations.
+        size: (H, W) output size.
+
+    Returns:
+        (N, H, W) heat-maps.
+    """
+    summed = features.sum(dim=1, keepdim=True)
+    flat = summed.flatten(1)
+    low = flat.min(dim=1).values.view(-1, 1, 1, 1)
+    high = flat.max(dim=1).values.view(-1, 1, 1, 1)
+    scaled = (summed - low) / (high - low).clamp_min(1e-8)
+    return nn.functional.interpolate(scaled, size=size, mode="bilinear", align_corners=False).squeeze(1)
