@@ -20,11 +20,12 @@ class ModelCard:
         paper: Citation of the paper the architecture follows.
         url: Link to the paper.
         input_size: (height, width) of the network input in pixels.
-        channels: 1 for grayscale input, 3 for RGB.
+        channels: Number of input channels the network consumes (1 or 3).
         mean: Per-channel mean subtracted after scaling pixels to [0, 1].
         std: Per-channel standard deviation divided after subtracting the mean.
         equalize: Contrast normalisation applied to the grayscale face before scaling: "clahe", "hist" or None.
         embedding_dim: Size of the expression embedding the model returns.
+        color: Whether the network was trained on colour; gray-trained 3-channel models see gray replicated.
         classes: Output class order.
         license: Licence of the code and of the weights trained by this project.
         notes: Where the implementation departs from the paper, and why.
@@ -40,6 +41,7 @@ class ModelCard:
     std: tuple[float, ...]
     equalize: str | None
     embedding_dim: int
+    color: bool = False
     classes: tuple[str, ...] = EXPRESSIONS
     license: str = "MIT (code); weights trained on research-only data, non-commercial use"
     notes: str = ""

@@ -130,7 +130,8 @@ def _create_dacl(card: ModelCard, **kwargs) -> DACL:
 _NOTES = (
     "Input is 3x64x64 (FER2013's 48x48 faces, upscaled) instead of the paper's 224x224 crops, so a FER2013 epoch "
     "fits a 2-core CPU; ResNet-18 is trained from scratch (no ImageNet weights offline), so the context map is "
-    "512x2x2 and the CE-Unit is 2048 -> 512 -> 512 -> 64 instead of 25088 -> 3584 -> 512 -> 64."
+    "512x2x2 and the CE-Unit is 2048 -> 512 -> 512 -> 64 instead of 25088 -> 3584 -> 512 -> 64. FER2013 is "
+    "grayscale, so the network sees the gray face in all three channels."
 )
 
 DACL_CARD = ModelCard(
