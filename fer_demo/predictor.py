@@ -32,6 +32,7 @@ class ModelResult:
         neutral: (H, W) uint8 generated neutral reference, for generative methods.
         heatmaps: name -> (H, W) float32 map in [0, 1] at the model's input size.
         attention: (512,) attention weights in (0, 1], for DACL.
+        center: (D,) the model's learned center of the predicted class, for models that keep class centers.
     """
 
     model: str
@@ -40,6 +41,7 @@ class ModelResult:
     neutral: np.ndarray | None = None
     heatmaps: dict[str, np.ndarray] = field(default_factory=dict)
     attention: np.ndarray | None = None
+    center: np.ndarray | None = None
 
     @property
     def label(self) -> str:
@@ -174,6 +176,8 @@ class Predictor:
         neutral = None if output.neutral is None else _to_uint8(output.neutral[:, 0])
         heatmaps = {key: value.float().numpy() for key, value in output.heatmaps.items()}
         attention = None if output.attention is None else output.attention.float().numpy()
+        centers = getattr(model, "centers", None)
+        centers = None if centers is None else centers.float().numpy()
         return [
             ModelResult(
                 model=name,
@@ -182,6 +186,7 @@ class Predictor:
                 neutral=None if neutral is None else neutral[i],
                 heatmaps={key: value[i] for key, value in heatmaps.items()},
                 attention=None if attention is None else attention[i],
+                center=None if centers is None else centers[int(probs[i].argmax())],
             )
             for i in range(len(crops))
         ]

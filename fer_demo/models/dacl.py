@@ -8,7 +8,8 @@ A ResNet-18 yields the spatial feature map x* and, after average pooling, the 51
 attention network reads the flattened x* through the Context Encoder Unit (three FC layers with BN, Eq. 4.5;
 gated in g-DACL, Eqs. 4.8-4.10) and 512 two-way inclusion/exclusion heads (Eqs. 4.6-4.7) that give one weight
 a_j in (0, 1] per feature element. The weights steer the sparse center loss during training
-(`training.losses.sparse_center_loss`); the classifier is the softmax layer on x.
+(`training.losses.sparse_center_loss`), whose class centers are kept in the `centers` buffer; the classifier
+is the softmax layer on x.
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ class DACL(FerModel):
         encoder = GatedContextEncoder if gated else ContextEncoder
         self.context_encoder = encoder(context_dim, hidden)
         self.heads = nn.Linear(LATENT_DIM, 2 * FEATURE_DIM)
+        # Class centers c_k of the sparse center loss, kept so the demo can compare a face with its class center.
+        self.register_buffer("centers", torch.zeros(card.num_classes, FEATURE_DIM))
         for module in [*self.context_encoder.modules(), self.heads]:
             if isinstance(module, nn.Linear):
                 nn.init.kaiming_normal_(module.weight)
@@ -116,11 +119,6 @@ def _resnet_output_size(size: int) -> int:
     for _ in range(5):
         size = (size + 1) // 2
     return size
-
-
-def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop training-only tensors (the class centers of the sparse center loss) from a checkpoint."""
-    return {key: value for key, value in state_dict.items() if not key.startswith("centers")}
 
 
 def _create_dacl(card: ModelCard, **kwargs) -> DACL:

@@ -54,7 +54,7 @@ def create_model(name: str, pretrained: bool = False, **kwargs) -> FerModel:
 
     Args:
         name: Registry name (see `list_models()`).
-        pretrained: Load weights through `fer_demo.hub` (Hub, then cache, then bundled `weights/`).
+        pretrained: Load verified weights through `fer_demo.hub` (HF cache, then the Hub, then bundled `weights/`).
         **kwargs: Architecture options passed to the builder (e.g. `gated=True` for DACL).
 
     Returns:

@@ -1,0 +1,262 @@
+"""Gradio layout and callbacks: photo and webcam input, per-method results side by side, live t-SNE, teaching view.
+
+Callbacks call only `Predictor` and `fer_demo.viz`; no model code lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+from gradio.data_classes import FileData
+
+from fer_demo import viz
+from fer_demo.embedding import ReferenceMap, load_reference_maps
+from fer_demo.faces import ImageError, load_image
+from fer_demo.hub import load_manifest
+from fer_demo.labels import EXPRESSIONS
+from fer_demo.models import get_card, list_models
+from fer_demo.predictor import FaceResult, Predictor
+
+logger = logging.getLogger(__name__)
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+TRAIL_LENGTH = 12
+QUEUE_SIZE = 32
+LAUNCH_OPTIONS = {"max_file_size": "20mb", "show_error": True}
+"""Options for `demo.launch()`: uploads over 20 MB are refused before they reach a callback."""
+STREAM_EVERY = 0.25
+STREAM_TIME_LIMIT = 120
+
+INTRO = """# fer-demo: identity-disentangled facial expression recognition
+Four published methods read the same face. Each tries to separate *what the face expresses* from *who the person
+is* (and from pose and light) in its own way: **IDFERM** and **GCNet** generate a neutral face of the same person
+and compare against it, **ED²L** splits features into an expression branch and a non-expression branch, and
+**DACL** learns which of its 512 feature elements matter. Upload a photo or start the webcam."""
+
+
+@dataclass
+class Session:
+    """Per-browser-session state: the faces of the last frame and each model's recent t-SNE positions."""
+
+    faces: list[FaceResult] = field(default_factory=list)
+    image: np.ndarray | None = None
+    trails: dict[str, deque] = field(default_factory=dict)
+    selected: int = 0
+
+
+class DemoApp:
+    """Holds the predictor and reference maps and renders results for the Gradio components."""
+
+    def __init__(self, predictor: Predictor, maps: dict[str, ReferenceMap]) -> None:
+        self.predictor = predictor
+        self.maps = maps
+        self.tsne_models = [name for name in list_models() if name in maps]
+
+    # ---- rendering -------------------------------------------------------------------------------------------
+    def render(self, session: Session, message: str) -> tuple:
+        """All output values for the current session state."""
+        faces = session.faces
+        annotated = None if session.image is None else viz.draw_faces(session.image, faces, session.selected)
+        choices = [f"Face {i + 1}" for i in range(len(faces))]
+        picker = gr.update(choices=choices, value=choices[session.selected] if faces else None, visible=len(faces) > 1)
+        empty = (None, [], [], None, *([None] * len(self.tsne_models)), None)
+        if not faces:
+            return (annotated, message, picker, *empty)
+        face = faces[session.selected]
+        heatmaps, attention = [], None
+        for result in face.results.values():
+            heatmaps.extend(viz.branch_heatmaps(face, result))
+            if result.attention is not None:
+                attention = viz.attention_figure(result)
+        tsne = [self._tsne(name, session) for name in self.tsne_models]
+        return (
+            annotated,
+            message,
+            picker,
+            viz.probability_figure(face) if face.results else None,
+            viz.neutral_references(face),
+            heatmaps,
+            attention,
+            *tsne,
+            face_json(face),
+        )
+
+    def _tsne(self, name: str, session: Session):
+        reference = self.maps[name]
+        return viz.tsne_figure(name, reference.coords, reference.labels, list(session.trails.get(name, [])))
+
+    def _place(self, session: Session) -> None:
+        face = session.faces[session.selected]
+        for name in self.tsne_models:
+            if name in face.results:
+                point = self.maps[name].place(face.results[name].embedding[None])[0]
+                session.trails.setdefault(name, deque(maxlen=TRAIL_LENGTH)).append(point)
+
+    # ---- callbacks -------------------------------------------------------------------------------------------
+    def analyze_photo(self, image, session: Session) -> tuple:
+        """Upload callback: analyse every face of a photo (a fresh t-SNE trail)."""
+        session = Session()
+        return (*self._analyze(image, session), session)
+
+    def analyze_frame(self, frame, session: Session) -> tuple:
+        """Webcam callback: analyse one frame and extend the t-SNE trail."""
+        session = session or Session()
+        return (*self._analyze(frame, session), session)
+
+    def select_face(self, choice: str | None, session: Session) -> tuple:
+        """Face picker callback."""
+        if session.faces and choice:
+            session.selected = min(int(choice.split()[-1]) - 1, len(session.faces) - 1)
+            session.trails = {}
+            self._place(session)
+        return (*self.render(session, self._message(session.faces)), session)
+
+    def _analyze(self, image, session: Session) -> tuple:
+        if image is None:
+            session.faces, session.image = [], None
+            return self.render(session, "Upload a photo or start the webcam.")
+        try:
+            session.image = load_image(image)
+            start = time.perf_counter()
+            session.faces = self.predictor.predict(session.image)
+            elapsed = time.perf_counter() - start
+        except ImageError as error:
+            session.faces, session.image = [], None
+            return self.render(session, f"**Cannot read this image.** {error}")
+        session.selected = min(session.selected, max(len(session.faces) - 1, 0))
+        if session.faces:
+            self._place(session)
+        return self.render(session, self._message(session.faces, elapsed))
+
+    def _message(self, faces: list[FaceResult], elapsed: float | None = None) -> str:
+        if not faces:
+            return "**No face found.** Try a frontal, well-lit face that fills more of the picture."
+        if not self.predictor.models:
+            return f"Found {len(faces)} face(s), but **no model has trained weights yet**, so there is no prediction."
+        timing = f" in {elapsed * 1000:.0f} ms" if elapsed is not None else ""
+        lines = [f"Found {len(faces)} face(s){timing}."]
+        for i, face in enumerate(faces):
+            answers = ", ".join(f"{name}: {result.label} ({result.confidence:.0%})" for name, result in face.results.items())
+            lines.append(f"- Face {i + 1}: {answers}")
+        return "\n".join(lines)
+
+    def predict_api(self, image: FileData) -> dict:
+        """Predict the expression of every face in an image file; returns JSON-ready probabilities per model."""
+        try:
+            faces = self.predictor.predict(image["path"] if isinstance(image, dict) else image.path)
+        except ImageError as error:
+            return {"error": str(error), "faces": []}
+        return {"faces": [face_json(face) for face in faces], "classes": list(EXPRESSIONS)}
+
+
+def face_json(face: FaceResult) -> dict:
+    """JSON-ready summary of one face: box, each model's label and probabilities, and the ensemble."""
+    ensemble = face.ensemble
+    return {
+        "box": [round(float(v), 1) for v in face.box],
+        "models": {
+            name: {"label": r.label, "probs": {k: round(float(p), 4) for k, p in zip(EXPRESSIONS, r.probs, strict=True)}}
+            for name, r in face.results.items()
+        },
+        "ensemble": None if ensemble is None else EXPRESSIONS[int(ensemble.argmax())],
+    }
+
+
+def model_table(predictor: Predictor) -> str:
+    """Markdown table of every model: status, weight source, data and measured accuracy from the manifest."""
+    try:
+        files = load_manifest()["files"]
+    except Exception as error:  # the About tab must render even with a broken manifest
+        logger.warning("Manifest unreadable: %s", error)
+        files = {}
+    rows = ["| model | method | status | weights from | FER2013 PrivateTest | identity probe |", "|---|---|---|---|---|---|"]
+    for name in list_models():
+        card = get_card(name)
+        entry = files.get(card.weight_file, {})
+        metrics = entry.get("metrics", {})
+        source = predictor.sources.get(name)
+        status = "loaded" if name in predictor.models else "no trained weights yet"
+        accuracy = metrics.get("fer2013_private_accuracy")
+        probe = metrics.get("identity_probe_accuracy")
+        rows.append(
+            f"| `{name}` | {card.title} | {status} | {source.source.value if source else '—'} | "
+            f"{'—' if accuracy is None else f'{accuracy:.1%}'} | {'—' if probe is None else f'{probe:.1%}'} |"
+        )
+    return "\n".join(rows)
+
+
+TEACHING = """## How to read the pictures
+- **Probabilities**: each model's softmax over the seven expressions; *ensemble* is their mean.
+- **Generated neutral (IDFERM, GCNet)**: the generator's guess of the same person with a neutral face. IDFERM
+  pushes the expression embedding of the photo *away* from the embedding of this reference (radial metric
+  learning), GCNet classifies the *difference* between the two encodings. What stays the same in both images
+  (identity, light) cancels out.
+- **ED²L heat-maps**: channel sums of the first layer of each branch. The *distilling* branch is trained to
+  recognise the expression; the *dispelling* branch is trained so that an adversary *cannot* read the expression
+  from it, so it keeps identity, pose and light. The paper reports that the first looks at eyes, nose and mouth,
+  the second at expression-invariant regions such as the forehead.
+- **DACL attention**: one weight per feature element, from the attention network; the sparse center loss pulls
+  only the high-weight elements toward their class center. The orange dots show how far each element of this face
+  is from the predicted class's center.
+- **t-SNE**: reference faces (FER2013 PrivateTest) in each model's embedding, coloured by their label, with this
+  face placed among them by openTSNE; on the webcam the black trail shows the last frames.
+"""
+
+
+def build_demo(predictor: Predictor | None = None, maps: dict[str, ReferenceMap] | None = None) -> gr.Blocks:
+    """Build the Gradio app (not launched)."""
+    predictor = predictor or Predictor.load()
+    maps = load_reference_maps(list(predictor.models)) if maps is None else maps
+    app = DemoApp(predictor, maps)
+    examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+
+    with gr.Blocks(title="fer-demo: identity-disentangled facial expression recognition") as demo:
+        session = gr.State(Session())
+        gr.Markdown(INTRO)
+        if predictor.unavailable:
+            gr.Markdown("**Models without trained weights (not shown):** " + ", ".join(f"`{n}`" for n in predictor.unavailable))
+        with gr.Tabs():
+            with gr.Tab("Photo"):
+                with gr.Row():
+                    photo = gr.Image(type="numpy", sources=["upload", "clipboard"], label="Photo", height=360)
+                    photo_out = gr.Image(label="Detected faces", interactive=False, height=360)
+                if examples:
+                    gr.Examples(examples, inputs=photo)
+            with gr.Tab("Webcam"):
+                with gr.Row():
+                    camera = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam", height=360)
+                    camera_out = gr.Image(label="Detected faces", interactive=False, height=360)
+            with gr.Tab("About the methods"):
+                gr.Markdown(TEACHING)
+                gr.Markdown("## Models\n" + model_table(predictor))
+        message = gr.Markdown("Upload a photo or start the webcam.", elem_id="message")
+        picker = gr.Radio(label="Face", visible=False, interactive=True)
+        with gr.Row():
+            probs = gr.Plot(label="Expression probabilities")
+            references = gr.Gallery(label="Generated neutral references", columns=3, height=260)
+        with gr.Row():
+            heatmaps = gr.Gallery(label="ED²L heat-maps", columns=2, height=260)
+            attention = gr.Plot(label="DACL attention weights")
+        tsne = []
+        if app.tsne_models:
+            with gr.Row():
+                tsne = [gr.Plot(label=f"t-SNE: {name}") for name in app.tsne_models]
+        details = gr.JSON(label="Result", visible=True)
+
+        panel = [message, picker, probs, references, heatmaps, attention, *tsne, details, session]
+        photo.change(app.analyze_photo, [photo, session], [photo_out, *panel], api_visibility="private")
+        camera.stream(
+            app.analyze_frame, [camera, session], [camera_out, *panel], stream_every=STREAM_EVERY,
+            time_limit=STREAM_TIME_LIMIT, concurrency_limit=2, trigger_mode="always_last", show_progress="hidden",
+            api_visibility="private",
+        )
+        picker.input(app.select_face, [picker, session], [photo_out, *panel], api_visibility="private")
+        gr.api(app.predict_api, api_name="predict")
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=2)
+    return demo

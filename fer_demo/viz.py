@@ -1,0 +1,142 @@
+"""Figures and overlays built from `FaceResult`s: boxes, probabilities, references, heat-maps, attention, t-SNE."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import plotly.graph_objects as go
+
+from fer_demo.labels import EXPRESSIONS
+from fer_demo.predictor import FaceResult, ModelResult
+
+COLORS = ("#d62728", "#8c564b", "#9467bd", "#2ca02c", "#1f77b4", "#ff7f0e", "#7f7f7f")
+"""One colour per expression, in `EXPRESSIONS` order."""
+
+DISPLAY_SIZE = 192
+
+
+def _hex_to_bgr(color: str) -> tuple[int, int, int]:
+    return tuple(int(color[i : i + 2], 16) for i in (5, 3, 1))
+
+
+def draw_faces(image: np.ndarray, faces: list[FaceResult], selected: int | None = None) -> np.ndarray:
+    """RGB copy of `image` with a numbered box and the ensemble's label on every face."""
+    canvas = np.ascontiguousarray(image.copy())
+    thickness = max(2, round(max(image.shape[:2]) / 400))
+    for i, face in enumerate(faces):
+        x0, y0, x1, y1 = (int(round(v)) for v in face.box)
+        ensemble = face.ensemble
+        if ensemble is None:
+            text, color = f"#{i + 1}", (255, 255, 255)
+        else:
+            k = int(ensemble.argmax())
+            text = f"#{i + 1} {EXPRESSIONS[k]} {ensemble[k]:.0%}"
+            color = _hex_to_bgr(COLORS[k])[::-1]
+        width = thickness * (2 if i == selected else 1)
+        cv2.rectangle(canvas, (x0, y0), (x1, y1), color, width)
+        scale = max(0.5, (x1 - x0) / 250)
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        top = max(0, y0 - th - 2 * thickness)
+        cv2.rectangle(canvas, (x0, top), (x0 + tw + 2 * thickness, top + th + 2 * thickness), color, -1)
+        cv2.putText(canvas, text, (x0 + thickness, top + th + thickness // 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (0, 0, 0), thickness, cv2.LINE_AA)
+    return canvas
+
+
+def probability_figure(face: FaceResult) -> go.Figure:
+    """Grouped bars: each model's seven probabilities, and the ensemble's."""
+    figure = go.Figure()
+    rows = [(name, result.probs) for name, result in face.results.items()]
+    if face.ensemble is not None:
+        rows.append(("ensemble", face.ensemble))
+    for name, probs in rows:
+        figure.add_bar(x=list(EXPRESSIONS), y=probs, name=name, hovertemplate="%{x}: %{y:.1%}<extra>" + name + "</extra>")
+    figure.update_layout(
+        barmode="group", yaxis={"range": [0, 1], "tickformat": ".0%"}, height=300,
+        margin={"l": 40, "r": 10, "t": 30, "b": 30}, legend={"orientation": "h", "y": 1.15}, title=None,
+    )
+    return figure
+
+
+def _display(gray: np.ndarray) -> np.ndarray:
+    height, width = gray.shape[:2]
+    size = (round(DISPLAY_SIZE * width / height), DISPLAY_SIZE)
+    return cv2.resize(gray, size, interpolation=cv2.INTER_CUBIC)
+
+
+def model_input_gray(face: FaceResult, size: tuple[int, int]) -> np.ndarray:
+    """The aligned face as a gray image of `size` (H, W), centre-cropped like the models' input."""
+    gray = cv2.cvtColor(face.face.aligned, cv2.COLOR_RGB2GRAY)
+    side = gray.shape[0]
+    keep = min(side, round(side * size[1] / size[0]))
+    left = (side - keep) // 2
+    return cv2.resize(gray[:, left : left + keep], (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+
+def neutral_references(face: FaceResult) -> list[tuple[np.ndarray, str]]:
+    """(image, caption) pairs: the aligned face, then each generative model's neutral reference of it."""
+    pairs = [(_display(cv2.cvtColor(face.face.aligned, cv2.COLOR_RGB2GRAY)), "aligned input")]
+    for name, result in face.results.items():
+        if result.neutral is not None:
+            pairs.append((_display(result.neutral), f"{name}: generated neutral"))
+    return pairs
+
+
+def heatmap_overlay(gray: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """RGB overlay of a [0, 1] heat-map (jet colour map) on a gray face of the same size."""
+    colored = cv2.applyColorMap((np.clip(heatmap, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    colored = cv2.cvtColor(colored, cv2.COLOR_BGR2RGB)
+    base = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+    return _display(cv2.addWeighted(base, 1 - alpha, colored, alpha, 0))
+
+
+def branch_heatmaps(face: FaceResult, result: ModelResult) -> list[tuple[np.ndarray, str]]:
+    """(overlay, caption) for each of a model's heat-maps on the face it saw."""
+    pairs = []
+    for branch, heatmap in result.heatmaps.items():
+        gray = model_input_gray(face, heatmap.shape)
+        pairs.append((heatmap_overlay(gray, heatmap), f"{result.model}: {branch} branch"))
+    return pairs
+
+
+def attention_figure(result: ModelResult) -> go.Figure:
+    """DACL's 512 attention weights sorted high to low, with |x_j - c_j| to the predicted class's center."""
+    order = np.argsort(-result.attention)
+    figure = go.Figure()
+    figure.add_scatter(y=result.attention[order], name="attention a_j", mode="lines", line={"color": "#1f77b4"})
+    if result.center is not None:
+        gap = np.abs(result.embedding - result.center)[order]
+        figure.add_scatter(
+            y=gap / max(gap.max(), 1e-8), name=f"|x_j - c_j| to the {result.label} center (scaled)", mode="markers",
+            marker={"size": 3, "color": "#ff7f0e"}, opacity=0.6,
+        )
+    figure.update_layout(
+        height=280, margin={"l": 40, "r": 10, "t": 30, "b": 40}, xaxis_title="feature element (sorted by attention)",
+        yaxis={"range": [0, 1.02]}, legend={"orientation": "h", "y": 1.2},
+    )
+    return figure
+
+
+def tsne_figure(
+    model: str, coords: np.ndarray, labels: np.ndarray, trail: list[np.ndarray] | None = None
+) -> go.Figure:
+    """The reference map coloured by expression, with the face's recent positions as a trail."""
+    figure = go.Figure()
+    for k, expression in enumerate(EXPRESSIONS):
+        points = coords[labels == k]
+        figure.add_scattergl(
+            x=points[:, 0], y=points[:, 1], mode="markers", name=expression,
+            marker={"size": 4, "color": COLORS[k], "opacity": 0.55},
+        )
+    if trail:
+        path = np.asarray(trail)
+        figure.add_scatter(x=path[:, 0], y=path[:, 1], mode="lines+markers", name="recent frames",
+                           line={"color": "black", "width": 1}, marker={"size": 5, "color": "black"})
+        figure.add_scatter(x=path[-1:, 0], y=path[-1:, 1], mode="markers", name="this face",
+                           marker={"size": 16, "color": "gold", "symbol": "star", "line": {"width": 1.5}})
+    figure.update_layout(
+        title={"text": f"{model}: t-SNE of the expression embedding", "font": {"size": 13}}, height=360,
+        margin={"l": 10, "r": 10, "t": 35, "b": 10}, xaxis={"visible": False}, yaxis={"visible": False},
+        legend={"itemsizing": "constant"},
+    )
+    return figure
