@@ -142,7 +142,9 @@ class DemoApp:
         timing = f" in {elapsed * 1000:.0f} ms" if elapsed is not None else ""
         lines = [f"Found {len(faces)} face(s){timing}."]
         for i, face in enumerate(faces):
-            answers = ", ".join(f"{name}: {result.label} ({result.confidence:.0%})" for name, result in face.results.items())
+            answers = ", ".join(
+                f"{name}: {result.label} ({result.confidence:.0%})" for name, result in face.results.items()
+            )
             lines.append(f"- Face {i + 1}: {answers}")
         return "\n".join(lines)
 
@@ -161,7 +163,10 @@ def face_json(face: FaceResult) -> dict:
     return {
         "box": [round(float(v), 1) for v in face.box],
         "models": {
-            name: {"label": r.label, "probs": {k: round(float(p), 4) for k, p in zip(EXPRESSIONS, r.probs, strict=True)}}
+            name: {
+                "label": r.label,
+                "probs": {k: round(float(p), 4) for k, p in zip(EXPRESSIONS, r.probs, strict=True)},
+            }
             for name, r in face.results.items()
         },
         "ensemble": None if ensemble is None else EXPRESSIONS[int(ensemble.argmax())],
@@ -175,7 +180,10 @@ def model_table(predictor: Predictor) -> str:
     except Exception as error:  # the About tab must render even with a broken manifest
         logger.warning("Manifest unreadable: %s", error)
         files = {}
-    rows = ["| model | method | status | weights from | FER2013 PrivateTest | identity probe |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| model | method | status | weights from | FER2013 PrivateTest | identity probe |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in list_models():
         card = get_card(name)
         entry = files.get(card.weight_file, {})
@@ -220,7 +228,9 @@ def build_demo(predictor: Predictor | None = None, maps: dict[str, ReferenceMap]
         session = gr.State(Session())
         gr.Markdown(INTRO)
         if predictor.unavailable:
-            gr.Markdown("**Models without trained weights (not shown):** " + ", ".join(f"`{n}`" for n in predictor.unavailable))
+            gr.Markdown(
+                "**Models without trained weights (not shown):** " + ", ".join(f"`{n}`" for n in predictor.unavailable)
+            )
         with gr.Tabs():
             with gr.Tab("Photo"):
                 with gr.Row():
@@ -252,8 +262,14 @@ def build_demo(predictor: Predictor | None = None, maps: dict[str, ReferenceMap]
         panel = [message, picker, probs, references, heatmaps, attention, *tsne, details, session]
         photo.change(app.analyze_photo, [photo, session], [photo_out, *panel], api_visibility="private")
         camera.stream(
-            app.analyze_frame, [camera, session], [camera_out, *panel], stream_every=STREAM_EVERY,
-            time_limit=STREAM_TIME_LIMIT, concurrency_limit=2, trigger_mode="always_last", show_progress="hidden",
+            app.analyze_frame,
+            [camera, session],
+            [camera_out, *panel],
+            stream_every=STREAM_EVERY,
+            time_limit=STREAM_TIME_LIMIT,
+            concurrency_limit=2,
+            trigger_mode="always_last",
+            show_progress="hidden",
             api_visibility="private",
         )
         picker.input(app.select_face, [picker, session], [photo_out, *panel], api_visibility="private")

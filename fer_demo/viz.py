@@ -38,8 +38,16 @@ def draw_faces(image: np.ndarray, faces: list[FaceResult], selected: int | None 
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
         top = max(0, y0 - th - 2 * thickness)
         cv2.rectangle(canvas, (x0, top), (x0 + tw + 2 * thickness, top + th + 2 * thickness), color, -1)
-        cv2.putText(canvas, text, (x0 + thickness, top + th + thickness // 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                    (0, 0, 0), thickness, cv2.LINE_AA)
+        cv2.putText(
+            canvas,
+            text,
+            (x0 + thickness, top + th + thickness // 2),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (0, 0, 0),
+            thickness,
+            cv2.LINE_AA,
+        )
     return canvas
 
 
@@ -50,10 +58,16 @@ def probability_figure(face: FaceResult) -> go.Figure:
     if face.ensemble is not None:
         rows.append(("ensemble", face.ensemble))
     for name, probs in rows:
-        figure.add_bar(x=list(EXPRESSIONS), y=probs, name=name, hovertemplate="%{x}: %{y:.1%}<extra>" + name + "</extra>")
+        figure.add_bar(
+            x=list(EXPRESSIONS), y=probs, name=name, hovertemplate="%{x}: %{y:.1%}<extra>" + name + "</extra>"
+        )
     figure.update_layout(
-        barmode="group", yaxis={"range": [0, 1], "tickformat": ".0%"}, height=300,
-        margin={"l": 40, "r": 10, "t": 30, "b": 30}, legend={"orientation": "h", "y": 1.15}, title=None,
+        barmode="group",
+        yaxis={"range": [0, 1], "tickformat": ".0%"},
+        height=300,
+        margin={"l": 40, "r": 10, "t": 30, "b": 30},
+        legend={"orientation": "h", "y": 1.15},
+        title=None,
     )
     return figure
 
@@ -107,36 +121,57 @@ def attention_figure(result: ModelResult) -> go.Figure:
     if result.center is not None:
         gap = np.abs(result.embedding - result.center)[order]
         figure.add_scatter(
-            y=gap / max(gap.max(), 1e-8), name=f"|x_j - c_j| to the {result.label} center (scaled)", mode="markers",
-            marker={"size": 3, "color": "#ff7f0e"}, opacity=0.6,
+            y=gap / max(gap.max(), 1e-8),
+            name=f"|x_j - c_j| to the {result.label} center (scaled)",
+            mode="markers",
+            marker={"size": 3, "color": "#ff7f0e"},
+            opacity=0.6,
         )
     figure.update_layout(
-        height=280, margin={"l": 40, "r": 10, "t": 30, "b": 40}, xaxis_title="feature element (sorted by attention)",
-        yaxis={"range": [0, 1.02]}, legend={"orientation": "h", "y": 1.2},
+        height=280,
+        margin={"l": 40, "r": 10, "t": 30, "b": 40},
+        xaxis_title="feature element (sorted by attention)",
+        yaxis={"range": [0, 1.02]},
+        legend={"orientation": "h", "y": 1.2},
     )
     return figure
 
 
-def tsne_figure(
-    model: str, coords: np.ndarray, labels: np.ndarray, trail: list[np.ndarray] | None = None
-) -> go.Figure:
+def tsne_figure(model: str, coords: np.ndarray, labels: np.ndarray, trail: list[np.ndarray] | None = None) -> go.Figure:
     """The reference map coloured by expression, with the face's recent positions as a trail."""
     figure = go.Figure()
     for k, expression in enumerate(EXPRESSIONS):
         points = coords[labels == k]
         figure.add_scattergl(
-            x=points[:, 0], y=points[:, 1], mode="markers", name=expression,
+            x=points[:, 0],
+            y=points[:, 1],
+            mode="markers",
+            name=expression,
             marker={"size": 4, "color": COLORS[k], "opacity": 0.55},
         )
     if trail:
         path = np.asarray(trail)
-        figure.add_scatter(x=path[:, 0], y=path[:, 1], mode="lines+markers", name="recent frames",
-                           line={"color": "black", "width": 1}, marker={"size": 5, "color": "black"})
-        figure.add_scatter(x=path[-1:, 0], y=path[-1:, 1], mode="markers", name="this face",
-                           marker={"size": 16, "color": "gold", "symbol": "star", "line": {"width": 1.5}})
+        figure.add_scatter(
+            x=path[:, 0],
+            y=path[:, 1],
+            mode="lines+markers",
+            name="recent frames",
+            line={"color": "black", "width": 1},
+            marker={"size": 5, "color": "black"},
+        )
+        figure.add_scatter(
+            x=path[-1:, 0],
+            y=path[-1:, 1],
+            mode="markers",
+            name="this face",
+            marker={"size": 16, "color": "gold", "symbol": "star", "line": {"width": 1.5}},
+        )
     figure.update_layout(
-        title={"text": f"{model}: t-SNE of the expression embedding", "font": {"size": 13}}, height=360,
-        margin={"l": 10, "r": 10, "t": 35, "b": 10}, xaxis={"visible": False}, yaxis={"visible": False},
+        title={"text": f"{model}: t-SNE of the expression embedding", "font": {"size": 13}},
+        height=360,
+        margin={"l": 10, "r": 10, "t": 35, "b": 10},
+        xaxis={"visible": False},
+        yaxis={"visible": False},
         legend={"itemsizing": "constant"},
     )
     return figure

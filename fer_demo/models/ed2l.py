@@ -118,9 +118,7 @@ class ED2L(FerModel):
     def __init__(self, card: ModelCard) -> None:
         super().__init__()
         self.card = card
-        self.base = nn.ModuleList(
-            [Stage(card.channels, 32, units=1), Stage(32, 64, units=2), Stage(64, 128, units=4)]
-        )
+        self.base = nn.ModuleList([Stage(card.channels, 32, units=1), Stage(32, 64, units=2), Stage(64, 128, units=4)])
         height, width = card.input_size
         spatial = (_downsampled(height, 4), _downsampled(width, 4))
         self.distill = Branch(128, spatial)

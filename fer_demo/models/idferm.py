@@ -68,7 +68,11 @@ class HardNegativeGenerator(nn.Module):
     def __init__(self, channels: int = 1) -> None:
         super().__init__()
         self.encoder = nn.Sequential(
-            _down(channels, 64, norm=False), _down(64, 128), _down(128, 256), _down(256, 512), nn.Flatten(),
+            _down(channels, 64, norm=False),
+            _down(64, 128),
+            _down(128, 256),
+            _down(256, 512),
+            nn.Flatten(),
             nn.Linear(512 * 4 * 4, LATENT_DIM),
         )
         self.project = nn.Sequential(nn.Linear(LATENT_DIM, 512 * 4 * 4), nn.BatchNorm1d(512 * 4 * 4), nn.ReLU(True))
@@ -105,8 +109,11 @@ class InceptionGroup(nn.Module):
     def __init__(self, in_channels: int, widths: tuple[int, int, int]) -> None:
         super().__init__()
         self.paths = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(in_channels, width, k, padding=k // 2, bias=False), nn.BatchNorm2d(width),
-                          nn.ReLU(inplace=True))
+            nn.Sequential(
+                nn.Conv2d(in_channels, width, k, padding=k // 2, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            )
             for width, k in zip(widths, (1, 3, 5), strict=True)
         )
         self.pool = nn.MaxPool2d(2)
@@ -143,7 +150,9 @@ class RMLNetwork(nn.Module):
     def __init__(self, card: ModelCard, fc_dim: int = 512, connect_dim: int = 256) -> None:
         super().__init__()
         self.trunk = nn.Sequential(
-            nn.Conv2d(card.channels, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+            nn.Conv2d(card.channels, 64, 3, padding=1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
             InceptionGroup(64, (32, 64, 32)),
             InceptionGroup(128, (64, 128, 64)),

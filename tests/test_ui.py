@@ -1,0 +1,104 @@
+"""The app's callbacks and figures, called directly (the browser tests drive the same callbacks)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+from PIL import Image
+
+from fer_demo import Predictor
+from fer_demo.embedding import ReferenceMap
+from fer_demo.ui import DemoApp, Session, build_demo
+
+
+@pytest.fixture(scope="module")
+def reference_map() -> ReferenceMap:
+    """A small reference map: 7 well separated clusters of 32-d points with spread-out 2-D coordinates."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(7), 20)
+    centers = rng.normal(0, 10, (7, 32))
+    embeddings = centers[labels] + rng.normal(0, 1, (140, 32))
+    coords = np.stack([np.cos(labels * 0.9), np.sin(labels * 0.9)], 1) * 30 + rng.normal(0, 2, (140, 2))
+    return ReferenceMap(embeddings.astype(np.float32), coords, labels, perplexity=15.0), centers
+
+
+def test_new_points_land_in_their_cluster(reference_map):
+    reference, centers = reference_map
+    placed = reference.place(centers[[2, 5]] + 0.1)
+    for point, k in zip(placed, (2, 5), strict=True):
+        nearest = reference.labels[np.argsort(np.linalg.norm(reference.coords - point, axis=1))[:10]]
+        assert np.bincount(nearest, minlength=7).argmax() == k
+
+
+@pytest.fixture
+def app(random_store, use_store) -> DemoApp:
+    use_store(random_store)
+    return DemoApp(Predictor.load(), {})
+
+
+def test_photo_callback_renders_every_panel(app, astronaut):
+    annotated, message, picker, probs, references, heatmaps, attention, details, session = app.analyze_photo(
+        astronaut, Session()
+    )
+    assert annotated.shape == astronaut.shape and not np.array_equal(annotated, astronaut)
+    assert "Found 1 face" in message
+    assert isinstance(probs, go.Figure) and len(probs.data) == 5  # four models + ensemble
+    assert [caption for _, caption in references] == [
+        "aligned input",
+        "gcnet: generated neutral",
+        "idferm: generated neutral",
+    ]
+    assert sorted(caption for _, caption in heatmaps) == ["ed2l: dispelling branch", "ed2l: distilling branch"]
+    assert isinstance(attention, go.Figure) and len(attention.data[0].y) == 512
+    assert set(details["models"]) == {"dacl", "ed2l", "gcnet", "idferm"}
+    assert len(session.faces) == 1
+
+
+def _truncated_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buffer, format="PNG")
+    return buffer.getvalue()[:40]
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (np.full((240, 320, 3), 200, np.uint8), "No face found"),
+        (_truncated_png(), "Cannot read this image"),
+        (b"%PDF-1.4 not an image", "Cannot read this image"),
+    ],
+    ids=["no-face", "truncated-png", "pdf"],
+)
+def test_bad_inputs_give_a_message_not_an_exception(app, payload, expected):
+    annotated, message, *_ = app.analyze_photo(payload, Session())
+    assert expected in message
+
+
+def test_webcam_frames_extend_the_trail(random_store, use_store, reference_map, astronaut):
+    use_store(random_store)
+    reference, _ = reference_map
+    predictor = Predictor.load(["ed2l"])
+    maps = {
+        "ed2l": ReferenceMap(
+            np.random.default_rng(1).normal(size=(140, 256)).astype(np.float32),
+            reference.coords,
+            reference.labels,
+            15.0,
+        )
+    }
+    app = DemoApp(predictor, maps)
+    session = Session()
+    for _ in range(3):
+        *outputs, session = app.analyze_frame(astronaut, session)
+    assert len(session.trails["ed2l"]) == 3
+    tsne = outputs[-2]
+    assert isinstance(tsne, go.Figure) and tsne.data[-1].name == "this face"
+
+
+def test_the_demo_builds_and_exposes_a_predict_api(random_store, use_store):
+    use_store(random_store)
+    demo = build_demo()
+    assert "/predict" in [f"/{dep.api_name}" for dep in demo.fns.values() if dep.api_name]
