@@ -21,7 +21,7 @@ from fer_demo.preprocess import prepare
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class ModelResult:
     """One model's answer for one face.
 
@@ -56,7 +56,7 @@ class ModelResult:
         return f"ModelResult({self.model}: {self.label} {self.confidence:.2f})"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class FaceResult:
     """Every model's answer for one detected face.
 

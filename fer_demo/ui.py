@@ -40,7 +40,7 @@ and compare against it, **ED²L** splits features into an expression branch and 
 **DACL** learns which of its 512 feature elements matter. Upload a photo or start the webcam."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Session:
     """Per-browser-session state: the faces of the last frame and each model's recent t-SNE positions."""
 
@@ -99,10 +99,14 @@ class DemoApp:
                 session.trails.setdefault(name, deque(maxlen=TRAIL_LENGTH)).append(point)
 
     # ---- callbacks -------------------------------------------------------------------------------------------
-    def analyze_photo(self, image, session: Session) -> tuple:
-        """Upload callback: analyse every face of a photo (a fresh t-SNE trail)."""
+    def analyze_photo(self, upload, session: Session) -> tuple:
+        """Upload callback: analyse every face of a photo (a fresh t-SNE trail).
+
+        The photo component does not decode uploads itself (`preprocess=False`): the raw file goes to
+        `fer_demo.faces.load_image`, which applies EXIF rotation and turns unreadable files into clear messages.
+        """
         session = Session()
-        return (*self._analyze(image, session), session)
+        return (*self._analyze(_upload_path(upload), session), session)
 
     def analyze_frame(self, frame, session: Session) -> tuple:
         """Webcam callback: analyse one frame and extend the t-SNE trail."""
@@ -151,10 +155,17 @@ class DemoApp:
     def predict_api(self, image: FileData) -> dict:
         """Predict the expression of every face in an image file; returns JSON-ready probabilities per model."""
         try:
-            faces = self.predictor.predict(image["path"] if isinstance(image, dict) else image.path)
+            faces = self.predictor.predict(_upload_path(image))
         except ImageError as error:
             return {"error": str(error), "faces": []}
         return {"faces": [face_json(face) for face in faces], "classes": list(EXPRESSIONS)}
+
+
+def _upload_path(upload):
+    """The uploaded file's path from an unprocessed image payload; other values pass through unchanged."""
+    if isinstance(upload, dict):
+        return upload.get("path")
+    return getattr(upload, "path", upload)
 
 
 def face_json(face: FaceResult) -> dict:
@@ -234,7 +245,7 @@ def build_demo(predictor: Predictor | None = None, maps: dict[str, ReferenceMap]
         with gr.Tabs():
             with gr.Tab("Photo"):
                 with gr.Row():
-                    photo = gr.Image(type="numpy", sources=["upload", "clipboard"], label="Photo", height=360)
+                    photo = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Photo", height=360)
                     photo_out = gr.Image(label="Detected faces", interactive=False, height=360)
                 if examples:
                     gr.Examples(examples, inputs=photo)
@@ -260,7 +271,9 @@ def build_demo(predictor: Predictor | None = None, maps: dict[str, ReferenceMap]
         details = gr.JSON(label="Result", visible=True)
 
         panel = [message, picker, probs, references, heatmaps, attention, *tsne, details, session]
-        photo.change(app.analyze_photo, [photo, session], [photo_out, *panel], api_visibility="private")
+        photo.change(
+            app.analyze_photo, [photo, session], [photo_out, *panel], preprocess=False, api_visibility="private"
+        )
         camera.stream(
             app.analyze_frame,
             [camera, session],
@@ -268,7 +281,6 @@ def build_demo(predictor: Predictor | None = None, maps: dict[str, ReferenceMap]
             stream_every=STREAM_EVERY,
             time_limit=STREAM_TIME_LIMIT,
             concurrency_limit=2,
-            trigger_mode="always_last",
             show_progress="hidden",
             api_visibility="private",
         )

@@ -142,7 +142,7 @@ def tsne_figure(model: str, coords: np.ndarray, labels: np.ndarray, trail: list[
     figure = go.Figure()
     for k, expression in enumerate(EXPRESSIONS):
         points = coords[labels == k]
-        figure.add_scattergl(
+        figure.add_scatter(
             x=points[:, 0],
             y=points[:, 1],
             mode="markers",

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +17,8 @@ import torch
 
 from fer_demo.hub import save_state_dict, write_manifest_entry
 from fer_demo.models import create_model, list_models
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -21,8 +29,11 @@ def astronaut() -> np.ndarray:
     return data.astronaut()
 
 
-def make_weight_store(folder: Path, names: list[str]) -> Path:
-    """A weights folder with seeded random weights for `names` and a manifest listing them."""
+def make_weight_store(folder: Path, names: list[str], tsne: bool = False) -> Path:
+    """A weights folder with seeded random weights for `names` and a manifest listing them.
+
+    With `tsne`, also a small reference map per model (random embeddings of the right size, points on a circle).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "manifest.json").write_text(
         json.dumps({"format": 1, "hub": {"repo_id": "fer-demo/test", "revision": "main"}, "files": {}})
@@ -33,6 +44,19 @@ def make_weight_store(folder: Path, names: list[str]) -> Path:
         path = folder / model.card.weight_file
         save_state_dict(model.state_dict(), path)
         write_manifest_entry(path.name, path, weights_dir=folder, model=name)
+        if tsne:
+            rng = np.random.default_rng(i)
+            labels = np.repeat(np.arange(7), 12)
+            angle = labels * 0.9 + rng.normal(0, 0.1, labels.size)
+            map_path = folder / f"{name}.tsne.npz"
+            np.savez(
+                map_path,
+                embeddings=rng.normal(size=(labels.size, model.card.embedding_dim)).astype(np.float32),
+                coords=np.stack([np.cos(angle), np.sin(angle)], 1) * 30,
+                labels=labels,
+                perplexity=np.float32(10),
+            )
+            write_manifest_entry(map_path.name, map_path, weights_dir=folder, model=name)
     return folder
 
 
@@ -40,6 +64,33 @@ def make_weight_store(folder: Path, names: list[str]) -> Path:
 def random_store(tmp_path_factory) -> Path:
     """Weights folder with random (untrained) weights for every model; used to exercise the pipeline only."""
     return make_weight_store(tmp_path_factory.mktemp("weights"), list_models())
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory) -> str:
+    """`python app.py` on a free loopback port over random weights with reference maps; yields its URL."""
+    store = make_weight_store(tmp_path_factory.mktemp("served"), list_models(), tsne=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, FER_DEMO_WEIGHTS_DIR=str(store), HF_HUB_OFFLINE="1", GRADIO_SERVER_PORT=str(port))
+    log = (tmp_path_factory.mktemp("server") / "app.log").open("w")
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"app.py did not start; see {log.name}") from None
+            time.sleep(1)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
 
 
 @pytest.fixture
