@@ -56,36 +56,34 @@ class DemoApp:
     def __init__(self, predictor: Predictor, maps: dict[str, ReferenceMap]) -> None:
         self.predictor = predictor
         self.maps = maps
-        self.tsne_models = [name for name in list_models() if name in maps]
+        self.models = [name for name in list_models() if name in predictor.models]
 
     # ---- rendering -------------------------------------------------------------------------------------------
     def render(self, session: Session, message: str) -> tuple:
-        """All output values for the current session state."""
+        """All output values for the current session state, in `build_demo`'s output order."""
         faces = session.faces
         annotated = None if session.image is None else viz.draw_faces(session.image, faces, session.selected)
         choices = [f"Face {i + 1}" for i in range(len(faces))]
         picker = gr.update(choices=choices, value=choices[session.selected] if faces else None, visible=len(faces) > 1)
-        empty = (None, [], [], None, *([None] * len(self.tsne_models)), None)
-        if not faces:
-            return (annotated, message, picker, *empty)
-        face = faces[session.selected]
-        heatmaps, attention = [], None
-        for result in face.results.values():
-            heatmaps.extend(viz.branch_heatmaps(face, result))
-            if result.attention is not None:
-                attention = viz.attention_figure(result)
-        tsne = [self._tsne(name, session) for name in self.tsne_models]
-        return (
-            annotated,
-            message,
-            picker,
-            viz.probability_figure(face) if face.results else None,
-            viz.neutral_references(face),
-            heatmaps,
-            attention,
-            *tsne,
-            face_json(face),
-        )
+        face = faces[session.selected] if faces else None
+        columns = []
+        for name in self.models:
+            result = face.results.get(name) if face else None
+            if result is None:
+                columns.extend([None, gr.update(value=[], visible=False), gr.update(value=None, visible=False), None])
+                continue
+            pictures = viz.model_gallery(face, result)
+            attention = None if result.attention is None else viz.attention_figure(result)
+            columns.extend(
+                [
+                    viz.label_scores(result),
+                    gr.update(value=pictures, visible=bool(pictures)),
+                    gr.update(value=attention, visible=attention is not None),
+                    self._tsne(name, session) if name in self.maps else None,
+                ]
+            )
+        overview = viz.probability_figure(face) if face and face.results else None
+        return (annotated, message, picker, overview, *columns, face_json(face) if face else None)
 
     def _tsne(self, name: str, session: Session):
         reference = self.maps[name]
@@ -93,7 +91,7 @@ class DemoApp:
 
     def _place(self, session: Session) -> None:
         face = session.faces[session.selected]
-        for name in self.tsne_models:
+        for name in self.maps:
             if name in face.results:
                 point = self.maps[name].place(face.results[name].embedding[None])[0]
                 session.trails.setdefault(name, deque(maxlen=TRAIL_LENGTH)).append(point)
@@ -258,19 +256,23 @@ def build_demo(predictor: Predictor | None = None, maps: dict[str, ReferenceMap]
                 gr.Markdown("## Models\n" + model_table(predictor))
         message = gr.Markdown("Upload a photo or start the webcam.", elem_id="message")
         picker = gr.Radio(label="Face", visible=False, interactive=True)
-        with gr.Row():
-            probs = gr.Plot(label="Expression probabilities")
-            references = gr.Gallery(label="Generated neutral references", columns=3, height=260)
-        with gr.Row():
-            heatmaps = gr.Gallery(label="ED²L heat-maps", columns=2, height=260)
-            attention = gr.Plot(label="DACL attention weights")
-        tsne = []
-        if app.tsne_models:
-            with gr.Row():
-                tsne = [gr.Plot(label=f"t-SNE: {name}") for name in app.tsne_models]
-        details = gr.JSON(label="Result", visible=True)
+        overview = gr.Plot(label="All methods and their ensemble")
+        columns = []
+        with gr.Row(equal_height=False):
+            for name in app.models:
+                with gr.Column(min_width=260):
+                    gr.Markdown(f"### {get_card(name).title}")
+                    columns.extend(
+                        [
+                            gr.Label(num_top_classes=3, label=f"{name}: expression"),
+                            gr.Gallery(label=f"{name}: pictures", columns=2, height=200, visible=False),
+                            gr.Plot(label=f"{name}: attention weights", visible=False),
+                            gr.Plot(label=f"{name}: t-SNE position", visible=name in maps),
+                        ]
+                    )
+        details = gr.JSON(label="Result")
 
-        panel = [message, picker, probs, references, heatmaps, attention, *tsne, details, session]
+        panel = [message, picker, overview, *columns, details, session]
         photo.change(
             app.analyze_photo, [photo, session], [photo_out, *panel], preprocess=False, api_visibility="private"
         )

@@ -87,13 +87,19 @@ def model_input_gray(face: FaceResult, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(gray[:, left : left + keep], (size[1], size[0]), interpolation=cv2.INTER_AREA)
 
 
-def neutral_references(face: FaceResult) -> list[tuple[np.ndarray, str]]:
-    """(image, caption) pairs: the aligned face, then each generative model's neutral reference of it."""
-    pairs = [(_display(cv2.cvtColor(face.face.aligned, cv2.COLOR_RGB2GRAY)), "aligned input")]
-    for name, result in face.results.items():
-        if result.neutral is not None:
-            pairs.append((_display(result.neutral), f"{name}: generated neutral"))
+def model_gallery(face: FaceResult, result: ModelResult) -> list[tuple[np.ndarray, str]]:
+    """(image, caption) pairs of a model's picture outputs: its neutral reference next to its input, its heat-maps."""
+    pairs = []
+    if result.neutral is not None:
+        pairs.append((_display(model_input_gray(face, result.neutral.shape)), "input"))
+        pairs.append((_display(result.neutral), "generated neutral"))
+    pairs.extend(branch_heatmaps(face, result))
     return pairs
+
+
+def label_scores(result: ModelResult) -> dict[str, float]:
+    """Expression -> probability, for `gr.Label`."""
+    return {expression: float(p) for expression, p in zip(EXPRESSIONS, result.probs, strict=True)}
 
 
 def heatmap_overlay(gray: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -109,7 +115,7 @@ def branch_heatmaps(face: FaceResult, result: ModelResult) -> list[tuple[np.ndar
     pairs = []
     for branch, heatmap in result.heatmaps.items():
         gray = model_input_gray(face, heatmap.shape)
-        pairs.append((heatmap_overlay(gray, heatmap), f"{result.model}: {branch} branch"))
+        pairs.append((heatmap_overlay(gray, heatmap), f"{branch} branch"))
     return pairs
 
 
@@ -128,11 +134,11 @@ def attention_figure(result: ModelResult) -> go.Figure:
             opacity=0.6,
         )
     figure.update_layout(
-        height=280,
+        height=320,
         margin={"l": 40, "r": 10, "t": 30, "b": 40},
         xaxis_title="feature element (sorted by attention)",
         yaxis={"range": [0, 1.02]},
-        legend={"orientation": "h", "y": 1.2},
+        legend={"orientation": "h", "y": -0.35},
     )
     return figure
 
@@ -167,11 +173,11 @@ def tsne_figure(model: str, coords: np.ndarray, labels: np.ndarray, trail: list[
             marker={"size": 16, "color": "gold", "symbol": "star", "line": {"width": 1.5}},
         )
     figure.update_layout(
-        title={"text": f"{model}: t-SNE of the expression embedding", "font": {"size": 13}},
-        height=360,
+        title={"text": f"{model}: expression embedding (t-SNE)", "font": {"size": 12}},
+        height=420,
         margin={"l": 10, "r": 10, "t": 35, "b": 10},
         xaxis={"visible": False},
         yaxis={"visible": False},
-        legend={"itemsizing": "constant"},
+        legend={"itemsizing": "constant", "orientation": "h", "y": -0.02, "font": {"size": 10}},
     )
     return figure

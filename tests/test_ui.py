@@ -11,6 +11,7 @@ from PIL import Image
 
 from fer_demo import Predictor
 from fer_demo.embedding import ReferenceMap
+from fer_demo.labels import EXPRESSIONS
 from fer_demo.ui import DemoApp, Session, build_demo
 
 
@@ -40,19 +41,23 @@ def app(random_store, use_store) -> DemoApp:
 
 
 def test_photo_callback_renders_every_panel(app, astronaut):
-    annotated, message, picker, probs, references, heatmaps, attention, details, session = app.analyze_photo(
-        astronaut, Session()
-    )
+    annotated, message, picker, overview, *columns, details, session = app.analyze_photo(astronaut, Session())
     assert annotated.shape == astronaut.shape and not np.array_equal(annotated, astronaut)
     assert "Found 1 face" in message
-    assert isinstance(probs, go.Figure) and len(probs.data) == 5  # four models + ensemble
-    assert [caption for _, caption in references] == [
-        "aligned input",
-        "gcnet: generated neutral",
-        "idferm: generated neutral",
-    ]
-    assert sorted(caption for _, caption in heatmaps) == ["ed2l: dispelling branch", "ed2l: distilling branch"]
-    assert isinstance(attention, go.Figure) and len(attention.data[0].y) == 512
+    assert isinstance(overview, go.Figure) and len(overview.data) == 5  # four models + ensemble
+    panels = dict(zip(app.models, zip(*[iter(columns)] * 4, strict=True), strict=True))
+    for name, (label, pictures, attention, _tsne) in panels.items():
+        assert set(label) == set(EXPRESSIONS) and abs(sum(label.values()) - 1) < 1e-5, name
+    captions = {name: [caption for _, caption in panel[1]["value"]] for name, panel in panels.items()}
+    assert captions == {
+        "dacl": [],
+        "ed2l": ["distilling branch", "dispelling branch"],
+        "gcnet": ["input", "generated neutral"],
+        "idferm": ["input", "generated neutral"],
+    }
+    attention = panels["dacl"][2]
+    assert attention["visible"] and len(attention["value"].data[0].y) == 512
+    assert not panels["ed2l"][2]["visible"]
     assert set(details["models"]) == {"dacl", "ed2l", "gcnet", "idferm"}
     assert len(session.faces) == 1
 
@@ -94,7 +99,7 @@ def test_webcam_frames_extend_the_trail(random_store, use_store, reference_map, 
     for _ in range(3):
         *outputs, session = app.analyze_frame(astronaut, session)
     assert len(session.trails["ed2l"]) == 3
-    tsne = outputs[-2]
+    tsne = outputs[4 + 3]  # first (only) model column: label, pictures, attention, t-SNE
     assert isinstance(tsne, go.Figure) and tsne.data[-1].name == "this face"
 
 
