@@ -1,23 +1,26 @@
 """Live t-SNE: each model's reference map, fitted offline with openTSNE, and placement of new faces on it.
 
-A reference map file `<model>.tsne.npz` (written by `python -m training export`) holds:
-    embeddings: (M, D) float reference embeddings (a stratified sample of FER2013 PrivateTest faces);
-    coords: (M, 2) float their t-SNE coordinates;
-    labels: (M,) int expression index of each reference face;
-    perplexity: () float the perplexity of the reference affinities.
-It is loaded without pickle (`allow_pickle=False`) after SHA-256 verification by `fer_demo.hub`.
+A reference map is a safetensors file `<model>.tsne.safetensors` (written by `python -m training export` through
+`save_reference_map`), verified against the manifest like the weights, with the tensors:
+    embeddings: (M, D) float32 reference embeddings (a stratified sample of FER2013 PrivateTest faces);
+    coords: (M, 2) float32 their t-SNE coordinates;
+    labels: (M,) int64 expression index of each reference face;
+    perplexity: () float64 the perplexity of the reference affinities;
+and free-form string metadata in the header (data set, openTSNE parameters).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
 import numpy as np
+import torch
 from openTSNE import TSNEEmbedding
 from openTSNE.affinity import PerplexityBasedNN
 
-from fer_demo.hub import WeightsError, resolve_weights
+from fer_demo.hub import WeightsError, load_state_dict, save_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +29,24 @@ PLACEMENT_ITERATIONS = 15
 the point among its nearest reference neighbours, and a few steps settle it while keeping live video interactive."""
 
 _REQUIRED = ("embeddings", "coords", "labels", "perplexity")
+
+
+def reference_map_file(model: str) -> str:
+    """File name of a model's reference map in the weight store."""
+    return f"{model}.tsne.safetensors"
+
+
+def save_reference_map(
+    path: Path, embeddings: np.ndarray, coords: np.ndarray, labels: np.ndarray, perplexity: float, **metadata: str
+) -> None:
+    """Write a reference map (see the module docstring) atomically."""
+    tensors = {
+        "embeddings": torch.from_numpy(np.ascontiguousarray(embeddings, np.float32)),
+        "coords": torch.from_numpy(np.ascontiguousarray(coords, np.float32)),
+        "labels": torch.from_numpy(np.ascontiguousarray(labels, np.int64)),
+        "perplexity": torch.tensor(float(perplexity), dtype=torch.float64),
+    }
+    save_state_dict(tensors, path, {key: str(value) for key, value in metadata.items()})
 
 
 class ReferenceMap:
@@ -48,17 +69,16 @@ class ReferenceMap:
 
     @classmethod
     def load(cls, model: str) -> ReferenceMap:
-        """Load and verify `<model>.tsne.npz` from the weight store.
+        """Load and verify a model's reference map from the weight store.
 
         Raises:
             fer_demo.hub.WeightsError: Missing, unverified or malformed file.
         """
-        resolved = resolve_weights(f"{model}.tsne.npz")
-        try:
-            with np.load(resolved.path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in _REQUIRED}
-        except (OSError, ValueError, KeyError) as error:
-            raise WeightsError(f"Reference map {resolved.path} of model {model!r} is unreadable: {error}") from error
+        tensors, resolved = load_state_dict(reference_map_file(model))
+        missing = [key for key in _REQUIRED if key not in tensors]
+        if missing:
+            raise WeightsError(f"Reference map {resolved.path} of model {model!r} lacks {missing}")
+        arrays = {key: tensors[key].numpy() for key in _REQUIRED}
         return cls(arrays["embeddings"], arrays["coords"], arrays["labels"], float(arrays["perplexity"]))
 
     def place(self, points: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from fer_demo.embedding import reference_map_file, save_reference_map
 from fer_demo.hub import save_state_dict, write_manifest_entry
 from fer_demo.models import create_model, list_models
 
@@ -48,13 +49,13 @@ def make_weight_store(folder: Path, names: list[str], tsne: bool = False) -> Pat
             rng = np.random.default_rng(i)
             labels = np.repeat(np.arange(7), 12)
             angle = labels * 0.9 + rng.normal(0, 0.1, labels.size)
-            map_path = folder / f"{name}.tsne.npz"
-            np.savez(
+            map_path = folder / reference_map_file(name)
+            save_reference_map(
                 map_path,
-                embeddings=rng.normal(size=(labels.size, model.card.embedding_dim)).astype(np.float32),
-                coords=np.stack([np.cos(angle), np.sin(angle)], 1) * 30,
-                labels=labels,
-                perplexity=np.float32(10),
+                rng.normal(size=(labels.size, model.card.embedding_dim)),
+                np.stack([np.cos(angle), np.sin(angle)], 1) * 30,
+                labels,
+                perplexity=10.0,
             )
             write_manifest_entry(map_path.name, map_path, weights_dir=folder, model=name)
     return folder

@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 from fer_demo import Predictor
-from fer_demo.embedding import ReferenceMap
+from fer_demo.embedding import ReferenceMap, load_reference_maps
 from fer_demo.labels import EXPRESSIONS
 from fer_demo.ui import DemoApp, Session, build_demo
+from tests.conftest import make_weight_store
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +108,10 @@ def test_the_demo_builds_and_exposes_a_predict_api(random_store, use_store):
     use_store(random_store)
     demo = build_demo()
     assert "/predict" in [f"/{dep.api_name}" for dep in demo.fns.values() if dep.api_name]
+
+
+def test_reference_maps_load_verified_from_the_store(tmp_path, use_store):
+    use_store(make_weight_store(tmp_path, ["ed2l"], tsne=True))
+    maps = load_reference_maps(["ed2l", "dacl"])  # dacl has no map: skipped with a warning
+    assert list(maps) == ["ed2l"]
+    assert maps["ed2l"].coords.shape == (84, 2) and maps["ed2l"].labels.shape == (84,)
