@@ -47,7 +47,7 @@ def test_photo_callback_renders_every_panel(app, astronaut):
     assert "Found 1 face" in message
     assert isinstance(overview, go.Figure) and len(overview.data) == 5  # four models + ensemble
     panels = dict(zip(app.models, zip(*[iter(columns)] * 4, strict=True), strict=True))
-    for name, (label, pictures, attention, _tsne) in panels.items():
+    for name, (label, *_) in panels.items():
         assert set(label) == set(EXPRESSIONS) and abs(sum(label.values()) - 1) < 1e-5, name
     captions = {name: [caption for _, caption in panel[1]["value"]] for name, panel in panels.items()}
     assert captions == {
