@@ -1,0 +1,214 @@
+"""Training recipes: one step per method, resume from a checkpoint, DDP (gloo, 2 CPU processes), export."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from fer_demo.embedding import ReferenceMap, reference_map_file
+from fer_demo.hub import load_manifest, sha256_file
+from fer_demo.models import create_model
+from training import export as export_module
+from training.augment import AugmentConfig
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.data import FaceSet
+from training.methods import build_recipe
+from training.trainer import fit, init_distributed, learning_rate, load_config, train
+
+METHODS = ("dacl", "ed2l", "baseline")
+
+
+def synthetic_faces(n: int, seed: int = 0, name: str = "synthetic") -> FaceSet:
+    """Random 48x48 gray faces with balanced labels 0-6."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 48, 48), dtype=np.uint8)
+    return FaceSet(name, images, np.arange(n, dtype=np.int64) % 7)
+
+
+def small_config(method: str, **overrides) -> dict:
+    config = load_config(method, "cpu")
+    config.update(epochs=1, batch_size=8, threads=1, eval_batch_size=16, **overrides)
+    return config
+
+
+def batch_for(recipe, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    height, width = recipe.model.card.input_size
+    torch.manual_seed(0)
+    return torch.randn(n, recipe.model.card.channels, height, width), torch.arange(n) % 7
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_training_step_updates_the_model(method):
+    torch.manual_seed(0)
+    recipe = build_recipe(small_config(method))
+    before = {key: value.clone() for key, value in recipe.state_tensors().items()}
+    terms = recipe.training_step(*batch_for(recipe))
+    assert all(np.isfinite(value) for value in terms.values())
+    after = recipe.state_tensors()
+    changed = [key for key in before if not torch.equal(before[key], after[key])]
+    assert any(key.endswith("weight") for key in changed)
+    if method in ("dacl", "baseline"):
+        assert "centers" in changed and {"softmax", "sparse_center"} <= terms.keys()
+    else:
+        assert {"am_softmax", "dispeller", "dispelling"} <= terms.keys()
+
+
+def test_ed2l_step_routes_gradients_as_the_paper():
+    recipe = build_recipe(small_config("ed2l"))
+    x, y = batch_for(recipe)
+    out = recipe.model(x)
+    from training.losses import dispeller_loss, dispelling_loss
+
+    dispeller_loss(recipe.model.dispeller, out.dispel_embedding, y).backward(retain_graph=True)
+    assert recipe.model.dispeller.weight.grad is not None
+    assert all(p.grad is None for p in recipe.model.dispel.parameters())
+    recipe.model.zero_grad(set_to_none=True)
+    dispelling_loss(recipe.model.dispeller, out.dispel_embedding).backward()
+    assert recipe.model.dispeller.weight.grad is None
+    assert all(p.grad is not None for p in recipe.model.dispel.parameters())
+    assert all(p.grad is not None for p in recipe.model.base.parameters())
+    assert all(p.grad is None for p in recipe.model.distill.parameters())
+
+
+def test_learning_rate_schedules():
+    cosine = {"name": "cosine", "warmup_epochs": 1}
+    assert learning_rate(cosine, 0.1, 9, 10, 5) == pytest.approx(0.1)
+    assert learning_rate(cosine, 0.1, 49, 10, 5) == pytest.approx(0.0, abs=1e-3)
+    step = {"name": "step", "milestones": [2, 4], "gamma": 0.1}
+    assert learning_rate(step, 1.0, 25, 10, 6) == pytest.approx(0.1)
+    assert learning_rate({"name": "constant"}, 0.3, 99, 10, 6) == 0.3
+
+
+def test_checkpoint_round_trip_restores_optimizer_state(tmp_path):
+    recipe = build_recipe(small_config("ed2l"))
+    recipe.training_step(*batch_for(recipe))
+    save_checkpoint(tmp_path, "last", recipe.state_tensors(), recipe.optimizer, {"epoch": 1})
+    fresh = build_recipe(small_config("ed2l"))
+    tensors, info = load_checkpoint(tmp_path, "last", fresh.optimizer)
+    fresh.load_state_tensors(tensors)
+    assert info["epoch"] == 1
+    for (key, a), b in zip(recipe.model.state_dict().items(), fresh.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+    old, new = recipe.optimizer.state_dict(), fresh.optimizer.state_dict()
+    assert old["state"].keys() == new["state"].keys()
+    for index, values in old["state"].items():
+        for name, value in values.items():
+            assert torch.equal(value, new["state"][index][name])
+
+
+def test_resume_continues_from_the_last_epoch(tmp_path):
+    config = small_config("dacl")
+    faces, val = synthetic_faces(16), synthetic_faces(8, seed=1)
+    first = train(config, tmp_path, train_set=faces, val_set=val)
+    assert [row["epoch"] for row in first] == [1]
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config, tmp_path, train_set=faces, val_set=val)
+    saved = load_file(tmp_path / "last.safetensors")
+    resumed = train({**config, "epochs": 2}, tmp_path, train_set=faces, val_set=val, resume=True)
+    assert [row["epoch"] for row in resumed] == [1, 2]
+    assert resumed[0] == first[0]
+    after = load_file(tmp_path / "last.safetensors")
+    assert not torch.equal(saved["centers"], after["centers"])
+    assert json.loads((tmp_path / "last.json").read_text())["epoch"] == 2
+    assert (tmp_path / "curves.html").is_file() and (tmp_path / "best.safetensors").is_file()
+    assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.pth"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    distributed = init_distributed()
+    torch.manual_seed(0)
+    recipe = build_recipe(small_config("dacl"))
+    recipe.distribute()
+    faces = synthetic_faces(16)
+    inputs = torch.randn(16, 3, 64, 64)
+    val = (inputs[:8], faces.labels[:8]) if distributed.main else None
+    fit(
+        recipe,
+        inputs,
+        faces.labels,
+        epochs=1,
+        batch_size=8,
+        optimizer=recipe.config["optimizer"],
+        schedule={"name": "constant"},
+        augment=AugmentConfig(),
+        seed=0,
+        val=val,
+        distributed=distributed,
+    )
+    from training.checkpoint import save_tensors
+
+    save_tensors(recipe.state_tensors(), f"{folder}/rank{rank}.safetensors")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_gloo_two_processes_keep_replicas_in_sync(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    rank0, rank1 = (load_file(tmp_path / f"rank{rank}.safetensors") for rank in (0, 1))
+    torch.manual_seed(0)
+    initial = build_recipe(small_config("dacl")).state_tensors()
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:
+        if "running" in key or "num_batches" in key:
+            continue  # BatchNorm statistics are per process (no SyncBatchNorm)
+        assert torch.allclose(rank0[key], rank1[key], atol=1e-6), key
+    assert not torch.equal(rank0["fc.weight"], initial["fc.weight"])
+    assert not torch.equal(rank0["centers"], initial["centers"])
+
+
+def _fake_run(folder, method: str) -> None:
+    torch.manual_seed(0)
+    recipe = build_recipe(small_config(method))
+    info = {"config": recipe.config, "train_data": "synthetic", "val_data": "synthetic", "train_size": 16, "epoch": 1}
+    save_checkpoint(folder, "best", recipe.state_tensors(), None, info)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name", ["dacl", "ed2l"])
+def test_export_then_pretrained_load_round_trip(tmp_path, monkeypatch, use_store, model_name):
+    run, store = tmp_path / "run", use_store(tmp_path / "weights")
+    _fake_run(run, model_name)
+    small = {
+        split: synthetic_faces(120, seed=seed, name=split) for seed, split in enumerate(["PublicTest", "PrivateTest"])
+    }
+    monkeypatch.setattr(export_module, "load_fer2013", lambda split, data_dir=None: small[split])
+    entry = export_module.export(run, weights_dir=store)
+
+    path = store / f"{model_name}.safetensors"
+    assert entry["sha256"] == sha256_file(path) and entry["size"] == path.stat().st_size
+    assert entry["model"] == model_name and "research-only" in entry["license"]
+    manifest = load_manifest(store)
+    map_file = reference_map_file(model_name)
+    assert manifest["files"][map_file]["sha256"] == sha256_file(store / map_file)
+    exported = load_file(path)
+    if model_name == "dacl":  # the trained class centers ship with the weights
+        trained = load_file(run / "best.safetensors")["centers"]
+        assert torch.allclose(exported["centers"].float(), trained, atol=1e-2)
+    assert {str(value.dtype) for value in exported.values() if value.is_floating_point()} == {f"torch.{entry['dtype']}"}
+
+    model = create_model(model_name, pretrained=True)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, exported[key].to(value.dtype)), key
+    private = small["PrivateTest"]
+    accuracy = (export_module.predict_faces(model, private.images)["logits"].argmax(1) == private.labels).mean()
+    assert accuracy == pytest.approx(entry["metrics"]["fer2013_private_test"]["accuracy"])
+
+    reference = ReferenceMap.load(model_name)
+    assert reference.coords.shape == (len(reference.labels), 2)
+    new = export_module.predict_faces(model, private.images[:3])["embedding"]
+    assert reference.place(new).shape == (3, 2)

@@ -1,0 +1,140 @@
+"""Command line: ``python -m training {train,evaluate,export} ...`` (see ``training/README.md``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from training.data import DEFAULT_DATA_DIR
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _override(config: dict, assignments: list[str]) -> dict:
+    """Apply ``key=value`` / ``a.b=value`` overrides (values parsed as JSON, else kept as strings)."""
+    for assignment in assignments:
+        key, _, raw = assignment.partition("=")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        target = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return config
+
+
+def _train(args: argparse.Namespace) -> None:
+    from training.trainer import load_config, train
+
+    config = _override(load_config(args.method, args.config), args.set)
+    if args.threads is not None:
+        config["threads"] = args.threads
+    if args.epochs is not None:
+        config["epochs"] = args.epochs
+    train(config, args.out or REPO_ROOT / "runs" / args.method, data_dir=args.data_dir, resume=args.resume)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from training.evaluate import PROTOCOLS, run_evaluation
+    from training.trainer import set_threads
+
+    set_threads(args.threads)
+    run_dir = args.run or REPO_ROOT / "runs" / args.method
+    baseline_run = args.baseline_run or REPO_ROOT / "runs" / "baseline"
+    protocols = tuple(args.protocol) if args.protocol else PROTOCOLS
+    run_evaluation(run_dir, protocols, weights=args.weights, baseline_run=baseline_run, data_dir=args.data_dir)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from training.export import export
+    from training.trainer import set_threads
+
+    set_threads(args.threads)
+    export(args.run or REPO_ROOT / "runs" / args.model, weights_dir=args.weights_dir, data_dir=args.data_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train, evaluate and export the fer-demo models (DACL, ED²L and the softmax baseline).",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="folder of the shared data sets (default: ../shared/datasets from the repository root)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser(
+        "train",
+        help="train a method on FER2013 Training, select epochs on PublicTest",
+        description="Train a method on FER2013 Training; validate on PublicTest after every "
+        "epoch; checkpoint every epoch (last.*) and keep the best (best.*).",
+    )
+    train.add_argument("method", choices=["dacl", "ed2l", "baseline"], help="recipe (configs/<method>.json)")
+    train.add_argument("--config", default="cpu", help="config entry: 'cpu' (2-core CPU budget) or 'paper' (GPU)")
+    train.add_argument("--out", type=Path, help="run folder (default runs/<method>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--threads", type=int, help="CPU threads for this process (overrides the config)")
+    train.add_argument("--epochs", type=int, help="number of epochs (overrides the config)")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optimizer.lr=0.1 (repeatable)",
+    )
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="run the evaluation protocols on a training run",
+        description="FER2013 Private/PublicTest, FER+ test, cross-data set, CK+ 7-class subject-independent 10-fold "
+        "(fine-tuned per fold) and the CK+ identity-leakage probe; results in <run>/eval/*.json.",
+    )
+    evaluate.add_argument("method", choices=["dacl", "ed2l", "baseline"], help="method of the run")
+    evaluate.add_argument("--run", type=Path, help="run folder (default runs/<method>)")
+    evaluate.add_argument("--weights", type=Path, help="safetensors to evaluate (default <run>/best.safetensors)")
+    evaluate.add_argument(
+        "--protocol",
+        action="append",
+        choices=["fer2013", "ferplus", "cross", "ckplus", "probe"],
+        help="protocol to run (repeatable; default: all)",
+    )
+    evaluate.add_argument(
+        "--baseline-run", type=Path, help="softmax baseline run for the probe (default runs/baseline)"
+    )
+    evaluate.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    evaluate.set_defaults(handler=_evaluate)
+
+    export = commands.add_parser(
+        "export",
+        help="write weights/<model>.safetensors, the t-SNE map and the manifest entries",
+        description="Export the best checkpoint of a run: fp16 when it costs <= 0.1 point on PublicTest, t-SNE "
+        "reference map, manifest entries with SHA-256 and the metrics of <run>/eval.",
+    )
+    export.add_argument("model", choices=["dacl", "ed2l"], help="registered model to export")
+    export.add_argument("--run", type=Path, help="run folder (default runs/<model>)")
+    export.add_argument("--weights-dir", type=Path, help="weight store (default weights/ or FER_DEMO_WEIGHTS_DIR)")
+    export.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    export.set_defaults(handler=_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""Evaluation protocols and their runner; every face enters the model through `fer_demo.preprocess.prepare`.
+
+Protocols (each writes ``<run>/eval/<protocol>.json`` and, where it has one, a confusion-matrix HTML):
+
+- ``fer2013``: FER2013 PrivateTest (the reported number) and PublicTest (used for model selection).
+- ``ferplus``: FER+ test set (FER2013 PrivateTest relabelled by FER+ majority vote; seven expressions).
+- ``cross``: the FER2013-trained model on other sets, argmax over its seven outputs: CK+ six basic expressions,
+  JAFFE (seven), RaFD subset (neutral/happy/fear), NimStim subset (angry/happy/neutral), Yale (neutral, happy,
+  sad, surprise).
+- ``ckplus``: CK+ 7-class (six basic + contempt) subject-independent 10-fold cross-validation. Per fold the
+  FER2013 weights are fine-tuned on the other nine folds with the method's own recipe and ``finetune`` settings;
+  the 7-way FER2013 head is replaced by a 7-way head over `training.data.CKPLUS_CLASSES` whose six basic rows
+  start from the FER2013 rows and whose contempt row starts fresh (DACL's class centers likewise). Predictions of
+  the ten test folds are pooled into one confusion matrix. Each fold is stored, so an interrupted run resumes.
+- ``probe``: identity leakage. A logistic regression predicts the CK+ subject from a frozen embedding; it is fitted
+  on alternate sequences of every subject with at least two sequences and tested on that subject's other
+  sequences (other expressions). Reported for the model's expression embedding, the softmax baseline's embedding
+  (``--baseline-run``), raw pixels (shrunk to 24x24), and, for ED²L, the dispelling embedding f_p.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from fer_demo.labels import EXPRESSIONS
+from fer_demo.models import FerModel, create_model
+from training.augment import AugmentConfig
+from training.checkpoint import write_json
+from training.data import (
+    CKPLUS_CLASSES,
+    CROSS_DATASETS,
+    ckplus_folds,
+    identity_probe_split,
+    load_ckplus,
+    load_cross,
+    load_fer2013,
+    load_ferplus,
+    prepare_in_chunks,
+    to_ckplus_head,
+)
+from training.inference import predict_faces
+from training.methods import build_recipe
+from training.metrics import summarize
+from training.plots import confusion_figure, write_html
+from training.trainer import fit
+
+logger = logging.getLogger(__name__)
+
+PROTOCOLS = ("fer2013", "ferplus", "cross", "ckplus", "probe")
+CKPLUS_HEAD_ROWS: tuple[int | None, ...] = (0, 1, 2, 3, 4, 5, None)
+"""FER2013 head row each CK+ class starts from (None: contempt, initialised fresh)."""
+
+
+def model_state(model: FerModel, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's own tensors from a checkpoint; tensors that do not belong to the model are an error."""
+    extra = sorted(set(tensors) - set(model.state_dict()))
+    if extra:
+        raise ValueError(f"Checkpoint tensors that are not part of {model.card.name!r}: {extra[:5]}")
+    return dict(tensors)
+
+
+def load_trained(model_name: str, path: Path, model_kwargs: dict[str, Any] | None = None) -> FerModel:
+    """Build a registered model and load a checkpoint or exported safetensors file into it (eval mode)."""
+    model = create_model(model_name, **(model_kwargs or {}))
+    own = model.state_dict()
+    state = {
+        key: value.to(own[key].dtype) if key in own else value
+        for key, value in model_state(model, load_file(path)).items()
+    }
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def run_config(run_dir: Path) -> dict[str, Any]:
+    """The config a run was trained with (from ``best.json``)."""
+    return json.loads((Path(run_dir) / "best.json").read_text(encoding="utf-8"))["config"]
+
+
+def evaluate_faces(model: FerModel, faces, classes: tuple[str, ...] = EXPRESSIONS) -> dict:
+    """Accuracy, mean per-class accuracy and confusion of a model on a `FaceSet` (argmax of the logits)."""
+    predictions = predict_faces(model, faces.images)["logits"].argmax(1)
+    report = summarize(faces.labels, predictions, classes)
+    report["data"] = faces.name
+    return report
+
+
+def evaluate_fer2013(model: FerModel, data_dir: Path | None = None) -> dict[str, dict]:
+    """FER2013 PrivateTest and PublicTest reports."""
+    return {split: evaluate_faces(model, load_fer2013(split, data_dir)) for split in ("PrivateTest", "PublicTest")}
+
+
+def evaluate_ferplus(model: FerModel, data_dir: Path | None = None) -> dict[str, dict]:
+    """FER+ test (majority vote, seven expressions) report."""
+    return {"test": evaluate_faces(model, load_ferplus("PrivateTest", data_dir))}
+
+
+def evaluate_cross(model: FerModel, data_dir: Path | None = None) -> dict[str, dict]:
+    """Cross-data set reports of a FER2013-trained model (see the module docstring)."""
+    return {name: evaluate_faces(model, load_cross(name, data_dir)) for name in CROSS_DATASETS}
+
+
+def probe_accuracy(features: np.ndarray, subjects: np.ndarray, train: np.ndarray, test: np.ndarray) -> float:
+    """Test accuracy of a standardised logistic regression predicting the subject from `features`."""
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+    probe.fit(features[train], subjects[train])
+    return float(probe.score(features[test], subjects[test]))
+
+
+def _small_pixels(images: np.ndarray, size: int = 24) -> np.ndarray:
+    """Faces shrunk to size x size (area average) and flattened: the raw-pixel reference of the probe."""
+    return (
+        np.stack([cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA) for image in images])
+        .reshape(len(images), -1)
+        .astype(np.float32)
+    )
+
+
+def identity_probe(model: FerModel, baseline: FerModel | None = None, data_dir: Path | None = None) -> dict[str, Any]:
+    """Identity-leakage probe on CK+ (see the module docstring); lower means less identity in the embedding."""
+    faces = load_ckplus(data_dir)
+    train, test = identity_probe_split(faces)
+    subjects = faces.subjects
+    outputs = predict_faces(model, faces.images)
+    results: dict[str, Any] = {
+        "subjects": int(len(np.unique(subjects[train]))),
+        "train_faces": int(len(train)),
+        "test_faces": int(len(test)),
+        "chance": float(np.bincount(subjects[test]).max() / len(test)),
+        "embedding": probe_accuracy(outputs["embedding"], subjects, train, test),
+        "pixels": probe_accuracy(_small_pixels(faces.images), subjects, train, test),
+    }
+    if "dispel_embedding" in outputs:
+        results["dispel_embedding"] = probe_accuracy(outputs["dispel_embedding"], subjects, train, test)
+    if baseline is not None:
+        results["baseline_embedding"] = probe_accuracy(
+            predict_faces(baseline, faces.images)["embedding"], subjects, train, test
+        )
+    return results
+
+
+def ckplus_cross_validation(
+    config: dict[str, Any],
+    fer_tensors: dict[str, torch.Tensor],
+    fold_dir: Path,
+    *,
+    data_dir: Path | None = None,
+    n_splits: int = 10,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """CK+ 7-class subject-independent cross-validation with per-fold fine-tuning (see the module docstring).
+
+    Args:
+        config: The method config; its ``finetune`` entry sets epochs, batch size, optimizer and schedule.
+        fer_tensors: FER2013 training state (``best.safetensors`` of the run).
+        fold_dir: Folder of the per-fold results (``fold_XX.json``); finished folds are reused.
+        data_dir: Folder of the shared data sets.
+        n_splits: Number of folds.
+        seed: Seed of the fold assignment and of the fine-tuning.
+
+    Returns:
+        Pooled report over all test folds plus the per-fold accuracies.
+    """
+    faces = load_ckplus(data_dir)
+    labels = to_ckplus_head(faces.labels)
+    finetune = config["finetune"]
+    predictions = np.full(len(faces), -1)
+    fold_accuracy = []
+    card = None
+    inputs = None
+    for fold, (train, test) in enumerate(ckplus_folds(faces, n_splits, seed)):
+        path = Path(fold_dir) / f"fold_{fold:02d}.json"
+        if path.is_file():
+            done = json.loads(path.read_text(encoding="utf-8"))
+            predictions[done["test"]] = done["predictions"]
+            fold_accuracy.append(done["accuracy"])
+            continue
+        torch.manual_seed(seed + fold)
+        recipe = build_recipe(config)
+        recipe.load_state_tensors(fer_tensors)
+        recipe.replace_head(CKPLUS_HEAD_ROWS)
+        recipe.reset_optimizer(finetune["optimizer"])
+        if inputs is None or card != recipe.model.card:
+            card = recipe.model.card
+            inputs = prepare_in_chunks(faces.images, card)
+        fit(
+            recipe,
+            inputs[train],
+            labels[train],
+            epochs=finetune["epochs"],
+            batch_size=finetune["batch_size"],
+            optimizer=finetune["optimizer"],
+            schedule=finetune["schedule"],
+            augment=AugmentConfig.from_dict(config.get("augment")),
+            seed=seed + fold,
+        )
+        fold_predictions = predict_faces(recipe.model, faces.images[test])["logits"].argmax(1)
+        accuracy = float((fold_predictions == labels[test]).mean())
+        logger.info("CK+ fold %d/%d: %d test faces, accuracy %.4f", fold + 1, n_splits, len(test), accuracy)
+        write_json(
+            {
+                "fold": fold,
+                "test": test.tolist(),
+                "predictions": fold_predictions.tolist(),
+                "accuracy": accuracy,
+                "subjects": sorted(set(faces.subjects[test].tolist())),
+            },
+            path,
+        )
+        predictions[test] = fold_predictions
+        fold_accuracy.append(accuracy)
+    report = summarize(labels, predictions, CKPLUS_CLASSES)
+    report.update(
+        data="ckplus (7 classes, subject-independent 10-fold)",
+        fold_accuracy=fold_accuracy,
+        fold_accuracy_mean=float(np.mean(fold_accuracy)),
+        fold_accuracy_std=float(np.std(fold_accuracy)),
+        finetune=finetune,
+    )
+    return report
+
+
+def _write_confusions(reports: dict[str, dict], prefix: str, folder: Path) -> None:
+    for name, report in reports.items():
+        if "confusion" in report:
+            title = f"{prefix} {name}: accuracy {report['accuracy']:.4f}"
+            write_html(
+                confusion_figure(report["confusion"], report["classes"], title),
+                folder / f"confusion_{prefix}_{name.replace('/', '_')}.html",
+            )
+
+
+def run_evaluation(
+    run_dir: Path,
+    protocols: tuple[str, ...] = PROTOCOLS,
+    *,
+    weights: Path | None = None,
+    baseline_run: Path | None = None,
+    data_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Run protocols on a training run and write ``<run>/eval/<protocol>.json`` plus confusion HTML files.
+
+    Args:
+        run_dir: Training run folder (its ``best.json`` gives the config).
+        protocols: Subset of `PROTOCOLS`.
+        weights: Weights to evaluate (default ``<run>/best.safetensors``); the CK+ fine-tuning always starts from
+            ``<run>/best.safetensors`` (the float32 training state).
+        baseline_run: Softmax-baseline run for the identity probe (skipped with a warning when absent).
+        data_dir: Folder of the shared data sets.
+
+    Returns:
+        Protocol name -> results.
+    """
+    run_dir = Path(run_dir)
+    unknown = sorted(set(protocols) - set(PROTOCOLS))
+    if unknown:
+        raise ValueError(f"Unknown protocols {unknown}; available: {list(PROTOCOLS)}")
+    config = run_config(run_dir)
+    weights = Path(weights or run_dir / "best.safetensors")
+    model = load_trained(config["model"], weights, config.get("model_kwargs"))
+    out = run_dir / "eval"
+    results: dict[str, Any] = {}
+    for protocol in protocols:
+        if protocol == "fer2013":
+            result = evaluate_fer2013(model, data_dir)
+        elif protocol == "ferplus":
+            result = evaluate_ferplus(model, data_dir)
+        elif protocol == "cross":
+            result = evaluate_cross(model, data_dir)
+        elif protocol == "ckplus":
+            tensors = load_file(run_dir / "best.safetensors")
+            result = {"ckplus7": ckplus_cross_validation(config, tensors, out / "ckplus_folds", data_dir=data_dir)}
+        else:
+            baseline = None
+            if baseline_run is not None and (Path(baseline_run) / "best.safetensors").is_file():
+                baseline_config = run_config(baseline_run)
+                baseline = load_trained(
+                    baseline_config["model"],
+                    Path(baseline_run) / "best.safetensors",
+                    baseline_config.get("model_kwargs"),
+                )
+            else:
+                logger.warning("No softmax baseline run at %s; the probe reports this model only", baseline_run)
+            result = identity_probe(model, baseline, data_dir)
+            result["baseline_run"] = str(baseline_run) if baseline is not None else None
+        result = {**result, "weights": str(weights)} if protocol == "probe" else result
+        if protocol != "probe":
+            _write_confusions(result, protocol, out)
+        write_json(result, out / f"{protocol}.json")
+        logger.info("%s: %s", protocol, _headline(result))
+        results[protocol] = result
+    return results
+
+
+def _headline(result: dict[str, Any]) -> str:
+    if "embedding" in result:
+        return ", ".join(f"{key} {value:.4f}" for key, value in result.items() if isinstance(value, float))
+    return ", ".join(
+        f"{name} acc {report['accuracy']:.4f} / mean class {report['mean_class_accuracy']:.4f}"
+        for name, report in result.items()
+        if isinstance(report, dict) and "accuracy" in report
+    )

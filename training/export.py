@@ -1,0 +1,215 @@
+"""Export a trained run to the weight store: ``weights/<model>.safetensors``, its t-SNE map, manifest entries.
+
+Steps (``python -m training export <model> --run runs/<model>``):
+
+1. Load ``<run>/best.safetensors``, the model's state (DACL's class centers are a model buffer and ship with the
+   weights: the demo compares a face with the center of its predicted class).
+2. Measure FER2013 PublicTest accuracy in float32 and after a float16 round trip; store float16 only when it
+   costs at most `FP16_TOLERANCE` (0.1 point).
+3. Write the weights with `fer_demo.hub.save_state_dict`; re-measure FER2013 Private/PublicTest with the stored
+   tensors, as the app will load them.
+4. Build the t-SNE reference map (`training.tsne`) from the stored weights.
+5. Record both files with `fer_demo.hub.write_manifest_entry`: SHA-256, size, dtype, data, config, git commit,
+   the measured metrics (the re-measured FER2013 numbers plus FER+, CK+ 10-fold, cross-data set and the identity
+   probe read from ``<run>/eval/*.json``) and the licence note.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from fer_demo.embedding import reference_map_file, save_reference_map
+from fer_demo.hub import default_weights_dir, save_state_dict, write_manifest_entry
+from fer_demo.models import FerModel
+from training.data import load_fer2013
+from training.evaluate import evaluate_faces, load_trained, model_state, run_config
+from training.inference import predict_faces
+from training.tsne import PERPLEXITY, build_reference_map, reference_sample
+
+logger = logging.getLogger(__name__)
+
+FP16_TOLERANCE = 0.001
+"""Largest PublicTest accuracy drop (as a fraction: 0.1 point) accepted for float16 weights."""
+
+LICENSE_NOTE = (
+    "Code MIT. Weights derived from FER2013 (and CK+ for the fine-tuned CK+ numbers only): research-only, "
+    "non-commercial use; do not use commercially or redistribute the training data."
+)
+
+
+def half_round_trip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating-point tensors cast to float16 (integer buffers such as BN step counts unchanged)."""
+    return {key: value.half() if value.is_floating_point() else value for key, value in state.items()}
+
+
+def _accuracy_with(model: FerModel, state: dict[str, torch.Tensor], faces) -> float:
+    own = model.state_dict()
+    model.load_state_dict({key: value.to(own[key].dtype) for key, value in state.items()}, strict=True)
+    return evaluate_faces(model, faces)["accuracy"]
+
+
+def choose_dtype(model: FerModel, state: dict[str, torch.Tensor], faces) -> tuple[dict[str, torch.Tensor], dict]:
+    """float16 state when its accuracy on `faces` is within `FP16_TOLERANCE` of float32, else float32."""
+    fp32 = _accuracy_with(model, state, faces)
+    half = half_round_trip(state)
+    fp16 = _accuracy_with(model, half, faces)
+    keep_half = fp32 - fp16 <= FP16_TOLERANCE
+    check = {
+        "data": faces.name,
+        "float32_accuracy": fp32,
+        "float16_accuracy": fp16,
+        "dtype": "float16" if keep_half else "float32",
+    }
+    logger.info("float32 %.4f vs float16 %.4f on %s -> %s", fp32, fp16, faces.name, check["dtype"])
+    return ({key: value.contiguous() for key, value in half.items()} if keep_half else state), check
+
+
+def git_commit(repo: Path) -> dict[str, Any]:
+    """HEAD commit of the repository and whether the working tree had changes."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": None, "git_dirty": None}
+
+
+def _headline(report: dict) -> dict[str, float]:
+    return {"accuracy": report["accuracy"], "mean_class_accuracy": report["mean_class_accuracy"]}
+
+
+def collect_metrics(eval_dir: Path, fer2013: dict[str, dict]) -> dict[str, Any]:
+    """Manifest metrics: FER2013 reports of the stored weights plus whatever ``eval/*.json`` holds."""
+    metrics: dict[str, Any] = {
+        "fer2013_private_test": _headline(fer2013["PrivateTest"]),
+        "fer2013_public_test": _headline(fer2013["PublicTest"]),
+    }
+
+    def read(name: str) -> dict | None:
+        path = eval_dir / f"{name}.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    if ferplus := read("ferplus"):
+        metrics["ferplus_test"] = _headline(ferplus["test"])
+    if ckplus := read("ckplus"):
+        report = ckplus["ckplus7"]
+        metrics["ckplus7_10fold"] = {
+            **_headline(report),
+            "fold_accuracy_std": report["fold_accuracy_std"],
+            "protocol": "subject-independent 10-fold, fine-tuned per fold, pooled",
+        }
+    if cross := read("cross"):
+        metrics["cross_dataset"] = {name: _headline(report) for name, report in cross.items()}
+    if probe := read("probe"):
+        metrics["identity_probe_ckplus"] = {
+            key: value for key, value in probe.items() if key not in ("weights", "baseline_run")
+        }
+    return metrics
+
+
+def export(
+    run_dir: Path,
+    *,
+    weights_dir: Path | None = None,
+    data_dir: Path | None = None,
+    repo: Path | None = None,
+) -> dict[str, Any]:
+    """Export a run (see the module docstring).
+
+    Args:
+        run_dir: Training run folder with ``best.safetensors`` / ``best.json`` and, ideally, ``eval/*.json``.
+        weights_dir: Weight store (default `fer_demo.hub.default_weights_dir()`).
+        data_dir: Folder of the shared data sets.
+        repo: Repository whose HEAD is recorded (default: this checkout).
+
+    Returns:
+        The manifest entry of the weight file.
+    """
+    run_dir = Path(run_dir)
+    weights_dir = Path(weights_dir or default_weights_dir())
+    config = run_config(run_dir)
+    best = json.loads((run_dir / "best.json").read_text(encoding="utf-8"))
+    model = load_trained(config["model"], run_dir / "best.safetensors", config.get("model_kwargs"))
+    name = model.card.name
+    state = {
+        key: value.float() if value.is_floating_point() else value
+        for key, value in model_state(model, load_file(run_dir / "best.safetensors")).items()
+    }
+    public = load_fer2013("PublicTest", data_dir)
+    state, dtype_check = choose_dtype(model, state, public)
+
+    path = weights_dir / model.card.weight_file
+    save_state_dict(state, path, metadata={"model": name, "dtype": dtype_check["dtype"], "format": "pt"})
+    stored = load_trained(config["model"], path, config.get("model_kwargs"))
+    private = load_fer2013("PrivateTest", data_dir)
+    fer2013 = {"PrivateTest": evaluate_faces(stored, private), "PublicTest": evaluate_faces(stored, public)}
+
+    sample = reference_sample(private.labels)
+    embeddings = predict_faces(stored, private.images[sample])["embedding"]
+    coords, fit = build_reference_map(embeddings)
+    tsne_path = weights_dir / reference_map_file(name)
+    save_reference_map(
+        tsne_path, embeddings, coords, private.labels[sample], PERPLEXITY, data="fer2013/PrivateTest", **fit
+    )
+
+    provenance = {
+        "data": {
+            "train": best["train_data"],
+            "train_size": best["train_size"],
+            "selection": best["val_data"],
+            "source": "../shared/datasets/fer2013.npz (FER2013 + FER+ votes), ckplus.npz (CK+48)",
+        },
+        "config": {
+            "name": config.get("config_name"),
+            "method": config["method"],
+            "epochs": config["epochs"],
+            "best_epoch": best["epoch"],
+            "file": f"training/configs/{config['method']}.json",
+        },
+        **git_commit(repo or Path(__file__).resolve().parent.parent),
+        "license": LICENSE_NOTE,
+    }
+    metrics = collect_metrics(run_dir / "eval", fer2013)
+    entry = write_manifest_entry(
+        path.name,
+        path,
+        weights_dir=weights_dir,
+        model=name,
+        dtype=dtype_check["dtype"],
+        dtype_check=dtype_check,
+        metrics=metrics,
+        **provenance,
+    )
+    write_manifest_entry(
+        tsne_path.name,
+        tsne_path,
+        weights_dir=weights_dir,
+        model=name,
+        kind="tsne-reference-map",
+        reference={
+            "data": "fer2013/PrivateTest",
+            "faces": int(len(sample)),
+            "per_class": np.bincount(private.labels[sample], minlength=7).tolist(),
+            "metric": fit["metric"],
+            "perplexity": PERPLEXITY,
+        },
+        **provenance,
+    )
+    logger.info(
+        "Exported %s (%s): PrivateTest %.4f, PublicTest %.4f",
+        path,
+        dtype_check["dtype"],
+        fer2013["PrivateTest"]["accuracy"],
+        fer2013["PublicTest"]["accuracy"],
+    )
+    return entry
