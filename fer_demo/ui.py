@@ -18,7 +18,7 @@ from gradio.data_classes import FileData
 from fer_demo import viz
 from fer_demo.embedding import ReferenceMap, load_reference_maps
 from fer_demo.faces import ImageError, load_image
-from fer_demo.hub import load_manifest
+from fer_demo.hub import WeightsError, load_manifest
 from fer_demo.labels import EXPRESSIONS
 from fer_demo.models import get_card, list_models
 from fer_demo.predictor import FaceResult, Predictor
@@ -182,30 +182,38 @@ def face_json(face: FaceResult) -> dict:
     }
 
 
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
 def model_table(predictor: Predictor) -> str:
-    """Markdown table of every model: status, weight source, data and measured accuracy from the manifest."""
+    """Markdown table of every model: status, weight source and the measured metrics recorded in the manifest."""
     try:
         files = load_manifest()["files"]
-    except Exception as error:  # the About tab must render even with a broken manifest
+    except WeightsError as error:  # the About tab must render even with a broken manifest
         logger.warning("Manifest unreadable: %s", error)
         files = {}
     rows = [
-        "| model | method | status | weights from | FER2013 PrivateTest | identity probe |",
-        "|---|---|---|---|---|---|",
+        "| model | method | status | weights from | FER2013 PrivateTest | CK+ 10-fold "
+        "| identity probe (embedding / pixels) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in list_models():
         card = get_card(name)
-        entry = files.get(card.weight_file, {})
-        metrics = entry.get("metrics", {})
+        metrics = files.get(card.weight_file, {}).get("metrics", {})
         source = predictor.sources.get(name)
         status = "loaded" if name in predictor.models else "no trained weights yet"
-        accuracy = metrics.get("fer2013_private_accuracy")
-        probe = metrics.get("identity_probe_accuracy")
+        probe = metrics.get("identity_probe_ckplus", {})
         rows.append(
             f"| `{name}` | {card.title} | {status} | {source.source.value if source else '—'} | "
-            f"{'—' if accuracy is None else f'{accuracy:.1%}'} | {'—' if probe is None else f'{probe:.1%}'} |"
+            f"{_percent(metrics.get('fer2013_private_test', {}).get('accuracy'))} | "
+            f"{_percent(metrics.get('ckplus7_10fold', {}).get('accuracy'))} | "
+            f"{_percent(probe.get('embedding'))} / {_percent(probe.get('pixels'))} |"
         )
-    return "\n".join(rows)
+    return "\n".join(rows) + (
+        "\n\nIdentity probe: accuracy of a linear classifier that recognises the CK+ subject from the embedding, "
+        "trained on some of each subject's sequences and tested on the others (lower = less identity kept)."
+    )
 
 
 TEACHING = """## How to read the pictures
