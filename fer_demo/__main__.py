@@ -14,6 +14,7 @@ import cv2
 from tqdm import tqdm
 
 from fer_demo.faces import ImageError
+from fer_demo.hub import WeightsError
 from fer_demo.labels import EXPRESSIONS
 from fer_demo.predictor import FaceResult, Predictor
 
@@ -128,9 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     names = args.models.split(",") if args.models else None
-    predictor = Predictor.load(names)
+    try:
+        predictor = Predictor.load(names)
+    except (ValueError, WeightsError) as error:  # an unknown or unusable model named in --models
+        logger.error("Cannot load --models %s: %s", args.models, error)
+        return 2
     if not predictor.models:
-        logger.error("No model has trained weights: %s", "; ".join(predictor.unavailable.values()))
+        reasons = "".join(f"\n- {name}: {reason}" for name, reason in predictor.unavailable.items())
+        logger.error("No model has trained weights:%s", reasons)
         return 2
     records: list[dict] = []
     for path in tqdm(expand_paths(args.paths), desc="predict", unit="file", file=sys.stderr):
