@@ -212,3 +212,15 @@ def test_export_then_pretrained_load_round_trip(tmp_path, monkeypatch, use_store
     assert reference.coords.shape == (len(reference.labels), 2)
     new = export_module.predict_faces(model, private.images[:3])["embedding"]
     assert reference.place(new).shape == (3, 2)
+
+
+def test_cli_offers_every_method_and_the_generator_pretraining():
+    from training.__main__ import build_parser
+
+    parser = build_parser()
+    for method in ("dacl", "ed2l", "idferm", "gcnet", "baseline"):
+        assert parser.parse_args(["train", method]).method == method
+    args = parser.parse_args(["pretrain", "gcnet", "--set", "pretrain.steps=10"])
+    assert args.handler.__name__ == "_pretrain" and args.set == ["pretrain.steps=10"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["pretrain", "dacl"])  # only the generative methods have a generator

@@ -36,7 +36,21 @@ def _train(args: argparse.Namespace) -> None:
         config["threads"] = args.threads
     if args.epochs is not None:
         config["epochs"] = args.epochs
+    if "pairs" in config:
+        config.setdefault("data_dir", str(args.data_dir))
     train(config, args.out or REPO_ROOT / "runs" / args.method, data_dir=args.data_dir, resume=args.resume)
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from training.methods.gcnet import pretrain as pretrain_gcnet
+    from training.methods.idferm import pretrain as pretrain_idferm
+    from training.trainer import load_config, set_threads
+
+    config = _override(load_config(args.method, args.config), args.set)
+    set_threads(args.threads)
+    pretrain = {"idferm": pretrain_idferm, "gcnet": pretrain_gcnet}[args.method]
+    out = args.out or Path(config["generator_checkpoint"]).parent
+    pretrain(config, out if out.is_absolute() else REPO_ROOT / out, data_dir=args.data_dir)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -61,7 +75,7 @@ def _export(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training",
-        description="Train, evaluate and export the fer-demo models (DACL, ED²L and the softmax baseline).",
+        description="Train, evaluate and export the fer-demo models: DACL, ED²L, IDFERM, GCNet and a softmax baseline.",
     )
     parser.add_argument(
         "--data-dir",
@@ -71,6 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
+    methods = ["dacl", "ed2l", "idferm", "gcnet", "baseline"]
+
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="train the neutral-face generator of IDFERM or GCNet on the same-subject pairs",
+        description="Phase 1 of the generative methods: train the generator on (expressive, neutral) pairs of "
+        "the same subject, checkpoint it, and report its neutral faces on held-out subjects (neutral.json, "
+        "neutral_grid.png). `train` then reads the generator from the config's generator_checkpoint.",
+    )
+    pretrain.add_argument("method", choices=["idferm", "gcnet"], help="generative method (configs/<method>.json)")
+    pretrain.add_argument("--config", default="cpu", help="config entry: 'cpu' or 'paper'")
+    pretrain.add_argument("--out", type=Path, help="folder (default: the folder of generator_checkpoint)")
+    pretrain.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    pretrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    pretrain.set_defaults(handler=_pretrain)
 
     train = commands.add_parser(
         "train",
@@ -78,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a method on FER2013 Training; validate on PublicTest after every "
         "epoch; checkpoint every epoch (last.*) and keep the best (best.*).",
     )
-    train.add_argument("method", choices=["dacl", "ed2l", "baseline"], help="recipe (configs/<method>.json)")
+    train.add_argument("method", choices=methods, help="recipe (configs/<method>.json)")
     train.add_argument("--config", default="cpu", help="config entry: 'cpu' (2-core CPU budget) or 'paper' (GPU)")
     train.add_argument("--out", type=Path, help="run folder (default runs/<method>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -99,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="FER2013 Private/PublicTest, FER+ test, cross-data set, CK+ 7-class subject-independent 10-fold "
         "(fine-tuned per fold) and the CK+ identity-leakage probe; results in <run>/eval/*.json.",
     )
-    evaluate.add_argument("method", choices=["dacl", "ed2l", "baseline"], help="method of the run")
+    evaluate.add_argument("method", choices=methods, help="method of the run")
     evaluate.add_argument("--run", type=Path, help="run folder (default runs/<method>)")
     evaluate.add_argument("--weights", type=Path, help="safetensors to evaluate (default <run>/best.safetensors)")
     evaluate.add_argument(
@@ -120,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export the best checkpoint of a run: fp16 when it costs <= 0.1 point on PublicTest, t-SNE "
         "reference map, manifest entries with SHA-256 and the metrics of <run>/eval.",
     )
-    export.add_argument("model", choices=["dacl", "ed2l"], help="registered model to export")
+    export.add_argument("model", choices=methods[:-1], help="registered model to export")
     export.add_argument("--run", type=Path, help="run folder (default runs/<model>)")
     export.add_argument("--weights-dir", type=Path, help="weight store (default weights/ or FER_DEMO_WEIGHTS_DIR)")
     export.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")

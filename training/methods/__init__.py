@@ -12,8 +12,16 @@ from training.methods.base import Recipe
 from training.methods.baseline import BaselineRecipe
 from training.methods.dacl import DACLRecipe
 from training.methods.ed2l import ED2LRecipe
+from training.methods.gcnet import GCNetRecipe
+from training.methods.idferm import IDFERMRecipe
 
-RECIPES: dict[str, type[Recipe]] = {"dacl": DACLRecipe, "ed2l": ED2LRecipe, "baseline": BaselineRecipe}
+RECIPES: dict[str, type[Recipe]] = {
+    "dacl": DACLRecipe,
+    "ed2l": ED2LRecipe,
+    "idferm": IDFERMRecipe,
+    "gcnet": GCNetRecipe,
+    "baseline": BaselineRecipe,
+}
 
 __all__ = ["RECIPES", "Recipe", "build_recipe"]
 
