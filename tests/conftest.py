@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +70,19 @@ def random_store(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def app_server(tmp_path_factory) -> str:
+def app_server(tmp_path_factory) -> Iterator[str]:
     """`python app.py` on a free loopback port over random weights with reference maps; yields its URL."""
+    with serve_app(tmp_path_factory) as (url, _):
+        yield url
+
+
+@contextmanager
+def serve_app(tmp_path_factory) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run `python app.py` on a free loopback port over random weights of every model (with t-SNE maps).
+
+    Yields:
+        The app's URL and its process, once the app answers.
+    """
     store = make_weight_store(tmp_path_factory.mktemp("served"), list_models(), tsne=True)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -78,7 +91,7 @@ def app_server(tmp_path_factory) -> str:
     log = (tmp_path_factory.mktemp("server") / "app.log").open("w")
     process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600  # a busy machine can take minutes to import torch and Gradio
     while True:
         try:
             with urllib.request.urlopen(url, timeout=5):
@@ -88,10 +101,12 @@ def app_server(tmp_path_factory) -> str:
                 process.kill()
                 raise RuntimeError(f"app.py did not start; see {log.name}") from None
             time.sleep(1)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    try:
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """The app under load: 8 concurrent `gradio_client` clients x 25 `/predict` calls plus one webcam stream.
 
-`python app.py` runs on loopback over seeded random weights of all four models (with t-SNE maps), as `app_server` does,
-but in a fixture of its own so that its process can be measured (peak RSS, CPU time). Chromium's fake camera streams
-the astronaut to the Webcam tab while the clients run.
+`python app.py` runs on loopback over seeded random weights of all four models (with t-SNE maps) through
+`tests.conftest.serve_app`, which also hands over its process so that it can be measured (peak RSS, CPU time).
+Chromium's fake camera streams the astronaut to the Webcam tab while the clients run.
 """
 
 from __future__ import annotations
@@ -10,12 +10,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +22,8 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from fer_demo.models import list_models
 from fer_demo.ui import STREAM_EVERY
-from tests.conftest import ROOT, make_weight_store
+from tests.conftest import serve_app
 from tests.test_browser import ARGS, CHROMIUM, write_y4m
 
 CLIENTS = 8
@@ -60,28 +55,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[Server]:
-    store = make_weight_store(tmp_path_factory.mktemp("load-weights"), list_models(), tsne=True)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = dict(os.environ, FER_DEMO_WEIGHTS_DIR=str(store), HF_HUB_OFFLINE="1", GRADIO_SERVER_PORT=str(port))
-    log = (tmp_path_factory.mktemp("load-server") / "app.log").open("w")
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 600  # a busy machine can take minutes to import torch and Gradio
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"app.py did not start; see {log.name}") from None
-            time.sleep(1)
-    yield Server(url, process.pid)
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    with serve_app(tmp_path_factory) as (url, process):
+        yield Server(url, process.pid)
 
 
 @pytest.fixture(scope="module")
@@ -112,13 +87,15 @@ def same_answer(answer: dict, reference: dict) -> bool:
 
 
 class Webcam:
-    """Chromium streaming a fake camera to the Webcam tab; counts the frames sent and the results shown."""
+    """Chromium streaming a fake camera to the Webcam tab; counts the frames sent and each new "Found N face(s) in
+    T ms" message shown (the progress timer changes the message in between)."""
 
     WATCH = """() => {
         window.shown = [];
         new MutationObserver(() => {
             const text = document.querySelector('#message')?.innerText ?? '';
-            if (text.includes('Found') && text !== window.shown[window.shown.length - 1]) window.shown.push(text);
+            const found = text.match(/Found \\d+ face\\(s\\) in \\d+ ms/);
+            if (found && found[0] !== window.shown[window.shown.length - 1]) window.shown.push(found[0]);
         }).observe(document.body, {childList: true, subtree: true, characterData: true});
     }"""
 
