@@ -3,6 +3,7 @@ IDFERM's HNG, the generator checkpoint, the neutral-face evaluation and the expo
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -414,6 +415,10 @@ def test_export_then_pretrained_load_round_trip(tmp_path, monkeypatch, use_store
 
     run, store = tmp_path / "run", use_store(tmp_path / "weights")
     config = load_config(method, "cpu")
+    config["generator_checkpoint"] = str(tmp_path / "pretrain" / "generator.safetensors")
+    neutral = {"eval_identity": {"generated_rank1": 0.5}, "grid": "neutral_grid.png", "subjects": 17}
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "neutral.json").write_text(json.dumps(neutral))
     torch.manual_seed(0)
     model = create_model(method)
     info = {"config": config, "train_data": "synthetic", "val_data": "synthetic", "train_size": 16, "epoch": 1}
@@ -427,6 +432,8 @@ def test_export_then_pretrained_load_round_trip(tmp_path, monkeypatch, use_store
     entry = export_module.export(run, weights_dir=store)
     path = store / f"{method}.safetensors"
     assert entry["sha256"] == sha256_file(path)
+    assert entry["metrics"]["neutral_reference"] == {"eval_identity": {"generated_rank1": 0.5}, "subjects": 17}
+    assert "jaffe.npz" in entry["data"]["source"]
     loaded = create_model(method, pretrained=True)
     exported = load_file(path)
     assert all(torch.equal(value, exported[key].to(value.dtype)) for key, value in loaded.state_dict().items())

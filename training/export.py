@@ -32,6 +32,7 @@ from fer_demo.models import FerModel
 from training.data import load_fer2013
 from training.evaluate import evaluate_faces, load_trained, model_state, run_config
 from training.inference import predict_faces
+from training.pairs import PAIR_SETS, resolve
 from training.tsne import PERPLEXITY, build_reference_map, reference_sample
 
 logger = logging.getLogger(__name__)
@@ -88,8 +89,9 @@ def _headline(report: dict) -> dict[str, float]:
     return {"accuracy": report["accuracy"], "mean_class_accuracy": report["mean_class_accuracy"]}
 
 
-def collect_metrics(eval_dir: Path, fer2013: dict[str, dict]) -> dict[str, Any]:
-    """Manifest metrics: FER2013 reports of the stored weights plus whatever ``eval/*.json`` holds."""
+def collect_metrics(eval_dir: Path, fer2013: dict[str, dict], neutral: Path | None = None) -> dict[str, Any]:
+    """Manifest metrics: FER2013 reports of the stored weights, whatever ``eval/*.json`` holds and, for the
+    generative methods, the held-out neutral-face report of their generator pretraining (`neutral`)."""
     metrics: dict[str, Any] = {
         "fer2013_private_test": _headline(fer2013["PrivateTest"]),
         "fer2013_public_test": _headline(fer2013["PublicTest"]),
@@ -113,6 +115,11 @@ def collect_metrics(eval_dir: Path, fer2013: dict[str, dict]) -> dict[str, Any]:
     if probe := read("probe"):
         metrics["identity_probe_ckplus"] = {
             key: value for key, value in probe.items() if key not in ("weights", "baseline_run")
+        }
+    if neutral is not None and neutral.is_file():
+        report = json.loads(neutral.read_text(encoding="utf-8"))
+        metrics["neutral_reference"] = {
+            key: value for key, value in report.items() if key not in ("grid", "loss_identity")
         }
     return metrics
 
@@ -162,12 +169,15 @@ def export(
         tsne_path, embeddings, coords, private.labels[sample], PERPLEXITY, data="fer2013/PrivateTest", **fit
     )
 
+    generator = config.get("generator_checkpoint")
+    neutral = resolve(generator).parent / "neutral.json" if generator else None
     provenance = {
         "data": {
             "train": best["train_data"],
             "train_size": best["train_size"],
             "selection": best["val_data"],
-            "source": "../shared/datasets/fer2013.npz (FER2013 + FER+ votes), ckplus.npz (CK+48)",
+            "source": "../shared/datasets/fer2013.npz (FER2013 + FER+ votes), ckplus.npz (CK+48)"
+            + (f"; generator pairs: {', '.join(f'{name}.npz' for name in PAIR_SETS)}" if generator else ""),
         },
         "config": {
             "name": config.get("config_name"),
@@ -179,7 +189,7 @@ def export(
         **git_commit(repo or Path(__file__).resolve().parent.parent),
         "license": LICENSE_NOTE,
     }
-    metrics = collect_metrics(run_dir / "eval", fer2013)
+    metrics = collect_metrics(run_dir / "eval", fer2013, neutral)
     entry = write_manifest_entry(
         path.name,
         path,
