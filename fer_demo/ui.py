@@ -195,8 +195,8 @@ def model_table(predictor: Predictor) -> str:
         files = {}
     rows = [
         "| model | method | status | weights from | FER2013 PrivateTest | CK+ 10-fold "
-        "| identity probe (embedding / pixels) |",
-        "|---|---|---|---|---|---|---|",
+        "| identity probe (embedding / softmax baseline / pixels) | neutral reference: rank-1 (chance) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in list_models():
         card = get_card(name)
@@ -204,15 +204,23 @@ def model_table(predictor: Predictor) -> str:
         source = predictor.sources.get(name)
         status = "loaded" if name in predictor.models else "no trained weights yet"
         probe = metrics.get("identity_probe_ckplus", {})
+        neutral = metrics.get("neutral_reference", {})
+        rank1 = neutral.get("eval_identity", {}).get("generated_rank1")
         rows.append(
             f"| `{name}` | {card.title} | {status} | {source.source.value if source else '—'} | "
             f"{_percent(metrics.get('fer2013_private_test', {}).get('accuracy'))} | "
             f"{_percent(metrics.get('ckplus7_10fold', {}).get('accuracy'))} | "
-            f"{_percent(probe.get('embedding'))} / {_percent(probe.get('pixels'))} |"
+            f"{_percent(probe.get('embedding'))} / {_percent(probe.get('baseline_embedding'))} / "
+            f"{_percent(probe.get('pixels'))} | "
+            + (f"{_percent(rank1)} ({_percent(neutral.get('chance_rank1'))})" if rank1 is not None else "—")
+            + " |"
         )
     return "\n".join(rows) + (
         "\n\nIdentity probe: accuracy of a linear classifier that recognises the CK+ subject from the embedding, "
-        "trained on some of each subject's sequences and tested on the others (lower = less identity kept)."
+        "trained on some of each subject's sequences and tested on the others (lower = less identity kept). "
+        "Neutral reference: on subjects held out of the generator's training, how often the generated neutral face "
+        "is closest (by an identity network trained on CK+) to the subject's own real neutral face among all "
+        "held-out subjects' neutral faces."
     )
 
 

@@ -115,3 +115,22 @@ def test_reference_maps_load_verified_from_the_store(tmp_path, use_store):
     maps = load_reference_maps(["ed2l", "dacl"])  # dacl has no map: skipped with a warning
     assert list(maps) == ["ed2l"]
     assert maps["ed2l"].coords.shape == (84, 2) and maps["ed2l"].labels.shape == (84,)
+
+
+def test_about_table_reads_the_manifest_metrics(tmp_path, use_store):
+    from fer_demo.hub import write_manifest_entry
+    from fer_demo.ui import model_table
+
+    store = use_store(make_weight_store(tmp_path / "weights", ["gcnet"]))
+    metrics = {
+        "fer2013_private_test": {"accuracy": 0.5432},
+        "identity_probe_ckplus": {"embedding": 0.1, "baseline_embedding": 0.2, "pixels": 0.9},
+        "neutral_reference": {"eval_identity": {"generated_rank1": 0.35}, "chance_rank1": 0.0588},
+    }
+    write_manifest_entry("gcnet.safetensors", store / "gcnet.safetensors", weights_dir=store, model="gcnet",
+                         metrics=metrics)  # fmt: skip
+    row = next(line for line in model_table(Predictor.load(["gcnet"])).splitlines() if line.startswith("| `gcnet`"))
+    assert "| loaded |" in row and "54.3%" in row
+    assert "10.0% / 20.0% / 90.0%" in row and "35.0% (5.9%)" in row
+    dacl = next(line for line in model_table(Predictor.load(["gcnet"])).splitlines() if line.startswith("| `dacl`"))
+    assert "no trained weights yet" in dacl
