@@ -20,6 +20,8 @@ import torch
 from fer_demo.embedding import reference_map_file, save_reference_map
 from fer_demo.hub import save_state_dict, write_manifest_entry
 from fer_demo.models import create_model, list_models
+from training.data import DEFAULT_DATA_DIR
+from training.pairs import PAIR_SETS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,6 +32,12 @@ def astronaut() -> np.ndarray:
     from skimage import data
 
     return data.astronaut()
+
+
+requires_pairs_data = pytest.mark.skipif(
+    not all((DEFAULT_DATA_DIR / f"{name}.npz").is_file() for name in PAIR_SETS),
+    reason=f"the pairs data sets ({', '.join(PAIR_SETS)}) are not in {DEFAULT_DATA_DIR}",
+)
 
 
 def make_weight_store(folder: Path, names: list[str], tsne: bool = False) -> Path:

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from fer_demo.models import create_model, get_card
+from tests.conftest import requires_pairs_data
 from training.augment import AugmentConfig
 from training.checkpoint import save_checkpoint, save_tensors
 from training.generation_losses import (
@@ -439,3 +440,29 @@ def test_export_then_pretrained_load_round_trip(tmp_path, monkeypatch, use_store
     assert all(torch.equal(value, exported[key].to(value.dtype)) for key, value in loaded.state_dict().items())
     out = loaded(torch.zeros(2, 1, 64, 64))
     assert out.neutral.shape == (2, 1, 64, 64) and 0 <= out.neutral.min() and out.neutral.max() <= 1
+
+
+# --- evaluation of a trained generator --------------------------------------------------------------------------
+
+
+@requires_pairs_data
+def test_neutral_protocol_reports_the_trained_generator(tmp_path):
+    from training.evaluate import run_evaluation
+    from training.neutral_eval import EVAL_IDENTITY
+
+    config = load_config("gcnet", "cpu")
+    config["generator_checkpoint"] = str(tmp_path / "pretrain" / "generator.safetensors")
+    torch.manual_seed(0)
+    save_identity(IdentityNet(118), tmp_path / "pretrain", EVAL_IDENTITY, {"data": "untrained, for the test"})
+    info = {"config": config, "train_data": "synthetic", "val_data": "synthetic", "train_size": 16, "epoch": 1}
+    save_checkpoint(tmp_path / "run", "best", dict(create_model("gcnet").state_dict()), None, info)
+
+    result = run_evaluation(tmp_path / "run", ("neutral",))["neutral"]
+    assert result["subjects"] == 17 and 0 <= result["eval_identity"]["generated_rank1"] <= 1
+    assert (tmp_path / "run" / "eval" / "neutral.json").is_file()
+    assert (tmp_path / "run" / "eval" / "neutral_grid.png").stat().st_size > 1000
+
+    save_checkpoint(tmp_path / "dacl", "best", dict(create_model("dacl").state_dict()), None,
+                    {**info, "config": load_config("dacl", "cpu")})  # fmt: skip
+    with pytest.raises(ValueError, match="no neutral-face generator"):
+        run_evaluation(tmp_path / "dacl", ("neutral",))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import requires_pairs_data
 from training.augment import AugmentConfig
 from training.data import DEFAULT_DATA_DIR
 from training.pairs import (
@@ -18,18 +19,13 @@ from training.pairs import (
     load_pair_data,
 )
 
-requires_data = pytest.mark.skipif(
-    not all((DEFAULT_DATA_DIR / f"{name}.npz").is_file() for name in PAIR_SETS),
-    reason=f"the pairs data sets ({', '.join(PAIR_SETS)}) are not in {DEFAULT_DATA_DIR}",
-)
-
 
 @pytest.fixture(scope="module")
 def data():
     return load_pair_data()
 
 
-@requires_data
+@requires_pairs_data
 def test_counts_per_set(data):
     faces = data.faces
     # Yale: 164 files minus 9 byte-identical duplicates (the neutral copy is kept).
@@ -45,7 +41,7 @@ def test_counts_per_set(data):
     assert len(data.train_pairs) + len(data.val_pairs) == 991
 
 
-@requires_data
+@requires_pairs_data
 def test_split_is_subject_disjoint_complete_and_deterministic(data):
     assert not set(data.train_subjects) & set(data.val_subjects)
     assert set(data.train_subjects) | set(data.val_subjects) == set(data.faces.subjects)
@@ -57,7 +53,7 @@ def test_split_is_subject_disjoint_complete_and_deterministic(data):
     assert not np.array_equal(other.val_subjects, data.val_subjects)
 
 
-@requires_data
+@requires_pairs_data
 def test_pairs_are_same_subject_with_neutral_targets(data):
     faces = data.faces
     for pairs, subjects in ((data.train_pairs, data.train_subjects), (data.val_pairs, data.val_subjects)):
@@ -75,7 +71,7 @@ def test_pairs_are_same_subject_with_neutral_targets(data):
     assert np.all(np.unique(expressive[:, 0], return_counts=True)[1] == 3)
 
 
-@requires_data
+@requires_pairs_data
 def test_guiding_set_is_the_training_neutrals(data):
     guiding = guiding_faces(data)
     train_neutral = np.isin(data.faces.subjects, data.train_subjects) & (data.faces.labels == NEUTRAL)

@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="run the evaluation protocols on a training run",
         description="FER2013 Private/PublicTest, FER+ test, cross-data set, CK+ 7-class subject-independent 10-fold "
-        "(fine-tuned per fold) and the CK+ identity-leakage probe; results in <run>/eval/*.json.",
+        "(fine-tuned per fold), the CK+ identity-leakage probe and, for IDFERM and GCNet, the neutral faces of held-out "
+        "subjects; results in <run>/eval/*.json.",
     )
     evaluate.add_argument("method", choices=methods, help="method of the run")
     evaluate.add_argument("--run", type=Path, help="run folder (default runs/<method>)")
@@ -134,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--protocol",
         action="append",
-        choices=["fer2013", "ferplus", "cross", "ckplus", "probe"],
-        help="protocol to run (repeatable; default: all)",
+        choices=["fer2013", "ferplus", "cross", "ckplus", "probe", "neutral"],
+        help="protocol to run (repeatable; default: all that apply; neutral: IDFERM and GCNet only)",
     )
     evaluate.add_argument(
         "--baseline-run", type=Path, help="softmax baseline run for the probe (default runs/baseline)"

@@ -16,6 +16,8 @@ Protocols (each writes ``<run>/eval/<protocol>.json`` and, where it has one, a c
   on alternate sequences of every subject with at least two sequences and tested on that subject's other
   sequences (other expressions). Reported for the model's expression embedding, the softmax baseline's embedding
   (``--baseline-run``), raw pixels (shrunk to 24x24), and, for ED²L, the dispelling embedding f_p.
+- ``neutral`` (IDFERM, GCNet): the trained generator's neutral faces of the pairs' held-out subjects
+  (`training.neutral_eval`): rank-1 identification of the real neutral face, L1 and SSIM, and a grid PNG.
 """
 
 from __future__ import annotations
@@ -52,12 +54,15 @@ from training.data import (
 from training.inference import predict_faces
 from training.methods import build_recipe
 from training.metrics import summarize
+from training.neutral_eval import evaluate_trained
 from training.plots import confusion_figure, write_html
 from training.trainer import fit
 
 logger = logging.getLogger(__name__)
 
-PROTOCOLS = ("fer2013", "ferplus", "cross", "ckplus", "probe")
+PROTOCOLS = ("fer2013", "ferplus", "cross", "ckplus", "probe", "neutral")
+GENERATIVE_PROTOCOLS = ("neutral",)
+"""Protocols only the methods with a neutral-face generator (a ``generator_checkpoint`` in the config) have."""
 CKPLUS_HEAD_ROWS: tuple[int | None, ...] = (0, 1, 2, 3, 4, 5, None)
 """FER2013 head row each CK+ class starts from (None: contempt, initialised fresh)."""
 
@@ -266,6 +271,11 @@ def run_evaluation(
     if unknown:
         raise ValueError(f"Unknown protocols {unknown}; available: {list(PROTOCOLS)}")
     config = run_config(run_dir)
+    if "generator_checkpoint" not in config:
+        inapplicable = [protocol for protocol in protocols if protocol in GENERATIVE_PROTOCOLS]
+        if inapplicable and len(protocols) == len(inapplicable):
+            raise ValueError(f"{config['method']} has no neutral-face generator: protocol {inapplicable[0]!r}")
+        protocols = tuple(protocol for protocol in protocols if protocol not in GENERATIVE_PROTOCOLS)
     weights = Path(weights or run_dir / "best.safetensors")
     model = load_trained(config["model"], weights, config.get("model_kwargs"))
     out = run_dir / "eval"
@@ -280,6 +290,8 @@ def run_evaluation(
         elif protocol == "ckplus":
             tensors = load_file(run_dir / "best.safetensors")
             result = {"ckplus7": ckplus_cross_validation(config, tensors, out / "ckplus_folds", data_dir=data_dir)}
+        elif protocol == "neutral":
+            result = evaluate_trained(model, config, out, data_dir)
         else:
             baseline = None
             if baseline_run is not None and (Path(baseline_run) / "best.safetensors").is_file():
@@ -294,7 +306,7 @@ def run_evaluation(
             result = identity_probe(model, baseline, data_dir)
             result["baseline_run"] = str(baseline_run) if baseline is not None else None
         result = {**result, "weights": str(weights)} if protocol == "probe" else result
-        if protocol != "probe":
+        if protocol not in ("probe", "neutral"):
             _write_confusions(result, protocol, out)
         write_json(result, out / f"{protocol}.json")
         logger.info("%s: %s", protocol, _headline(result))

@@ -170,7 +170,10 @@ def export(
     )
 
     generator = config.get("generator_checkpoint")
-    neutral = resolve(generator).parent / "neutral.json" if generator else None
+    neutral = None
+    if generator:  # the trained model's report if `evaluate --protocol neutral` ran, else the pretraining one
+        final = run_dir / "eval" / "neutral.json"
+        neutral = final if final.is_file() else resolve(generator).parent / "neutral.json"
     provenance = {
         "data": {
             "train": best["train_data"],

@@ -18,14 +18,13 @@ the generators nor IDFERM's loss network ever saw, and none of the held-out subj
 (trained on the training subjects of the pairs) is given, its numbers are reported too, labelled as such: the
 generator was optimised against that network, so they are optimistic.
 
-Command line (after a run; ``runs/`` paths relative to the repository root)::
-
-    python -m training.neutral_eval idferm --weights runs/idferm/best.safetensors --out runs/idferm/eval
+`python -m training pretrain` reports on the freshly pretrained generator; `python -m training evaluate <method>
+--protocol neutral` (`evaluate_trained`) on the generator of a trained model, which for GCNet keeps learning in
+the joint phase.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -38,9 +37,9 @@ from skimage.metrics import structural_similarity
 
 from fer_demo.models import ModelCard, get_card
 from training.checkpoint import write_json
-from training.data import DEFAULT_DATA_DIR, load_ckplus
+from training.data import load_ckplus
 from training.identity import IdentityNet, embed, load_identity, save_identity, train_identity
-from training.pairs import NEUTRAL, PAIR_SETS, SUBJECT_STRIDE, PairData, load_pair_data, unit_images
+from training.pairs import NEUTRAL, PAIR_SETS, SUBJECT_STRIDE, PairData, load_pair_data, resolve, unit_images
 
 logger = logging.getLogger(__name__)
 
@@ -228,6 +227,23 @@ def write_report(
     return result
 
 
+def evaluate_trained(
+    model: torch.nn.Module, config: dict[str, Any], folder: Path, data_dir: Path | None = None
+) -> dict[str, Any]:
+    """The neutral-face report of a trained model's generator; the grid is written to `folder`.
+
+    The evaluation identity network is the one of the generator's pretraining folder (the parent of the config's
+    ``generator_checkpoint``), trained there first if it is missing, so pretraining and final reports compare alike.
+    """
+    card = get_card(config["model"])
+    identity = eval_identity(card, resolve(config["generator_checkpoint"]).parent, data_dir, **config["eval_identity"])
+    data = load_pair_data(data_dir, **config["pairs"])
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return evaluate_neutrals(
+        batched_generator(model.generator), data, card, identity, grid_path=Path(folder) / "neutral_grid.png"
+    )
+
+
 def batched_generator(generator: torch.nn.Module, batch_size: int = 128) -> Callable[[torch.Tensor], torch.Tensor]:
     """A model's generator module as an eval-mode, batched `generate` function."""
 
@@ -237,30 +253,3 @@ def batched_generator(generator: torch.nn.Module, batch_size: int = 128) -> Call
         return torch.cat([generator(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
 
     return generate
-
-
-def main(argv: list[str] | None = None) -> None:
-    from training.evaluate import load_trained
-    from training.trainer import load_config, set_threads
-
-    parser = argparse.ArgumentParser(prog="python -m training.neutral_eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("method", choices=["idferm", "gcnet"])
-    parser.add_argument("--weights", type=Path, required=True, help="trained or exported safetensors of the model")
-    parser.add_argument("--out", type=Path, required=True, help="folder for neutral.json, neutral_grid.png")
-    parser.add_argument("--config", default="cpu", help="config entry whose 'pairs' settings define the split")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    set_threads(args.threads)
-    config = load_config(args.method, args.config)
-    model = load_trained(config["model"], args.weights, config.get("model_kwargs"))
-    card = get_card(config["model"])
-    data = load_pair_data(args.data_dir, **config["pairs"])
-    write_report(
-        batched_generator(model.generator), data, card, args.out, config["eval_identity"], data_dir=args.data_dir
-    )
-
-
-if __name__ == "__main__":
-    main()
