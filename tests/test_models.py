@@ -133,7 +133,8 @@ def test_idferm_gradients_reach_generator_discriminator_rml_and_distance():
     inside = nn.functional.relu(1 + out.center_distance[torch.arange(BATCH), target]).mean()
     outside = nn.functional.relu(1 - out.reference_center_distance[torch.arange(BATCH), target]).mean()
     fake = model.discriminator(out.neutral)
-    loss = nn.functional.cross_entropy(out.logits, target) + inside + outside + fake.mean()
+    # 2 * inside: with both hinges active, equal weights would cancel the gradient of H's bias exactly
+    loss = nn.functional.cross_entropy(out.logits, target) + 2 * inside + outside + fake.mean()
     loss.backward()
     _assert_all(_grad_groups(model, ["generator", "discriminator", "rml", "distance"]))
 

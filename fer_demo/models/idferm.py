@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fer_demo.models.base import FerModel, ModelCard, ModelOutput
 from fer_demo.models.registry import register_model
@@ -188,10 +189,10 @@ class IDFERM(FerModel):
         self.register_buffer("centers", torch.zeros(card.num_classes, METRIC_DIM))
 
     def center_distance(self, f: torch.Tensor) -> torch.Tensor:
-        """(N, C): H(f_i, C_k) for every class center."""
+        """(N, C): H(f_i, C_k) for every class center, on L2-normalised f and C_k (so H stays bounded)."""
         n, c = f.shape[0], self.centers.shape[0]
-        pairs = self.distance(f.unsqueeze(1).expand(n, c, -1), self.centers.unsqueeze(0).expand(n, c, -1))
-        return pairs
+        f, centers = F.normalize(f, dim=-1), F.normalize(self.centers, dim=-1)
+        return self.distance(f.unsqueeze(1).expand(n, c, -1), centers.unsqueeze(0).expand(n, c, -1))
 
     def forward(self, x: torch.Tensor) -> IDFERMOutput:
         mean, std = self.card.mean[0], self.card.std[0]
@@ -216,7 +217,9 @@ _NOTES = (
     "64x64 grayscale with histogram equalisation as in the paper (no 60x60 crop at test time: the full 64x64 "
     "face is used). The HNG encoder follows a DCGAN-style layout because the paper defers it to its ref. [7]; "
     "the decoder ends in a sigmoid so the reference is a [0, 1] image. The pretrained VGG-Face (perceptual loss) "
-    "and Light CNN (identity loss) are replaced by networks trained in this project (see the model card)."
+    "and Light CNN (identity loss) are replaced by networks trained in this project (see the model card). The "
+    "learned distance H compares L2-normalised embeddings and centers: on raw embeddings H is unbounded, and RML "
+    "training with it diverged here (loss growing past 100 within half an epoch, no expression learned)."
 )
 
 IDFERM_CARD = ModelCard(
