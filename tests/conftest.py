@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fer_demo.embedding import reference_map_file, save_reference_map
 from fer_demo.hub import save_state_dict, write_manifest_entry
@@ -32,6 +37,70 @@ def astronaut() -> np.ndarray:
     from skimage import data
 
     return data.astronaut()
+
+
+def encode(image: Image.Image | np.ndarray, fmt: str, **options) -> bytes:
+    """An image (PIL or array) encoded in `fmt` (JPEG, PNG, ...) with Pillow's save options."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+class FakeHub:
+    """A local HTTP server answering the Hub's `resolve` HEAD and GET requests for one file at `commit`.
+
+    `content` may be changed between requests. With `drop_midway`, a GET sends half the file, drops the connection
+    and the server goes offline. `requests` records "METHOD path" per request.
+    """
+
+    def __init__(
+        self, repo_id: str, filename: str, content: bytes = b"", commit: str = "0" * 40, drop_midway: bool = False
+    ) -> None:
+        self.content, self.requests, self.lock = content, [], threading.Lock()
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_HEAD(self) -> None:
+                self._answer(body=False)
+
+            def do_GET(self) -> None:
+                self._answer(body=True)
+
+            def _answer(self, *, body: bool) -> None:
+                hub.requests.append(f"{self.command} {self.path}")
+                if self.path != f"/{repo_id}/resolve/main/{filename}":
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", commit)
+                self.send_header("ETag", f'"{hashlib.sha256(hub.content).hexdigest()}"')
+                self.send_header("Content-Length", str(len(hub.content)))
+                self.end_headers()
+                if not body:
+                    return
+                if drop_midway:
+                    self.wfile.write(hub.content[: len(hub.content) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    threading.Thread(target=hub.go_offline, daemon=True).start()
+                else:
+                    self.wfile.write(hub.content)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def go_offline(self) -> None:
+        """Stop answering and close the port (connections are then refused); idempotent."""
+        with self.lock:
+            if self.server.socket.fileno() != -1:
+                self.server.shutdown()
+                self.server.server_close()
 
 
 requires_pairs_data = pytest.mark.skipif(

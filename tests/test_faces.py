@@ -26,6 +26,7 @@ from fer_demo.faces import (
     crop_to_image,
     load_image,
 )
+from tests.conftest import encode
 
 ASTRONAUT_FACE = (150, 40, 290, 190)
 """Region (x0, y0, x1, y1) that holds the astronaut's face, checked by eye."""
@@ -35,14 +36,6 @@ ASTRONAUT_FACE = (150, 40, 290, 190)
 def detector():
     with FaceDetector() as face_detector:
         yield face_detector
-
-
-def encode(image: Image.Image | np.ndarray, fmt: str, **options) -> bytes:
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
 
 
 def crop_points(face: Face) -> np.ndarray:

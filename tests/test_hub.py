@@ -6,10 +6,8 @@ import hashlib
 import json
 import logging
 import re
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -30,6 +28,7 @@ from fer_demo.hub import (
     sha256_file,
     write_manifest_entry,
 )
+from tests.conftest import FakeHub
 
 FILENAME = "dacl.safetensors"
 REPO_ID = hub.DEFAULT_HUB_REPO
@@ -79,51 +78,12 @@ def store(tmp_path: Path, tensors: dict[str, torch.Tensor]) -> Path:
     return weights_dir
 
 
-class FakeHub:
-    """A local HTTP server answering the Hub's `resolve` HEAD and GET requests for one file at `COMMIT`."""
-
-    def __init__(self) -> None:
-        self.content = b""
-        self.requests: list[str] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_HEAD(self) -> None:
-                self._answer(body=False)
-
-            def do_GET(self) -> None:
-                self._answer(body=True)
-
-            def _answer(self, *, body: bool) -> None:
-                fake.requests.append(f"{self.command} {self.path}")
-                if self.path != f"/{REPO_ID}/resolve/main/{FILENAME}":
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("X-Repo-Commit", COMMIT)
-                self.send_header("ETag", f'"{hashlib.sha256(fake.content).hexdigest()}"')
-                self.send_header("Content-Length", str(len(fake.content)))
-                self.end_headers()
-                if body:
-                    self.wfile.write(fake.content)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-
 @pytest.fixture
 def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
-    fake = FakeHub()
-    thread = threading.Thread(target=fake.server.serve_forever, daemon=True)
-    thread.start()
+    fake = FakeHub(REPO_ID, FILENAME, commit=COMMIT)
     monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
     yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
-    thread.join()
+    fake.go_offline()
 
 
 def populate_cache(

@@ -15,7 +15,6 @@ Measured limits of the face detector (MediaPipe's full-range model sees the whol
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import io
 import json
@@ -28,7 +27,6 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
@@ -49,7 +47,7 @@ from fer_demo.hub import WeightSource, resolve_weights, sha256_file, write_manif
 from fer_demo.models import list_models
 from fer_demo.predictor import FaceResult
 from fer_demo.ui import DemoApp, Session, build_demo
-from tests.conftest import ROOT, make_weight_store
+from tests.conftest import ROOT, FakeHub, encode, make_weight_store
 
 ASTRONAUT_FACE = (150.0, 40.0, 290.0, 190.0)
 """Region (x0, y0, x1, y1) of the 512x512 astronaut photo that holds the face."""
@@ -57,14 +55,6 @@ BIG_SIDE = 7000
 """Side of the 49-megapixel test photo; `load_image` brings it down to `MAX_SIDE`."""
 MODELS = ["gcnet"]
 """Models of the in-process paths."""
-
-
-def encode(image: Image.Image | np.ndarray, fmt: str, **options) -> bytes:
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
 
 
 def head_grid(astronaut: np.ndarray, side: int, rows: int = 4, cols: int = 5) -> np.ndarray:
@@ -409,52 +399,6 @@ def test_upload_over_the_size_limit_is_refused(app_server, client, corpus, tmp_p
 # Faulty weights and a faulty Hub
 
 
-class DroppingHub:
-    """A Hub that answers the metadata request, sends half the file, drops the connection and goes offline."""
-
-    def __init__(self, repo_id: str, filename: str, content: bytes) -> None:
-        self.requests: list[str] = []
-        self.lock = threading.Lock()
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_HEAD(self) -> None:
-                self._answer(body=False)
-
-            def do_GET(self) -> None:
-                self._answer(body=True)
-
-            def _answer(self, *, body: bool) -> None:
-                hub.requests.append(self.command)
-                if self.path != f"/{repo_id}/resolve/main/{filename}":
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("X-Repo-Commit", "0123456789abcdef0123456789abcdef01234567")
-                self.send_header("ETag", f'"{hashlib.sha256(content).hexdigest()}"')
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                if body:
-                    self.wfile.write(content[: len(content) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    threading.Thread(target=hub.go_offline, daemon=True).start()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def go_offline(self) -> None:
-        """Stop answering and close the port (connections are then refused); idempotent."""
-        with self.lock:
-            if self.server.socket.fileno() != -1:
-                self.server.shutdown()
-                self.server.server_close()
-
-
 @pytest.fixture
 def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A Hugging Face cache of the test's own, with the Hub allowed (the cache folder is passed explicitly)."""
@@ -472,7 +416,7 @@ def test_hub_dropping_mid_download_falls_back_to_bundled(tmp_path, hub_cache, mo
     store = make_weight_store(tmp_path / "weights", ["gcnet"])
     filename = "gcnet.safetensors"
     repo_id = json.loads((store / "manifest.json").read_text())["hub"]["repo_id"]
-    hub = DroppingHub(repo_id, filename, (store / filename).read_bytes())
+    hub = FakeHub(repo_id, filename, (store / filename).read_bytes(), drop_midway=True)
     monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
     caplog.set_level(logging.WARNING, logger="fer_demo.hub")
     start = time.monotonic()
@@ -481,7 +425,7 @@ def test_hub_dropping_mid_download_falls_back_to_bundled(tmp_path, hub_cache, mo
     finally:
         hub.go_offline()
     elapsed = time.monotonic() - start
-    assert "GET" in hub.requests
+    assert any(request.startswith("GET ") for request in hub.requests)
     assert resolved.source is WeightSource.BUNDLED and resolved.sha256 == sha256_file(store / filename)
     assert elapsed < 30
     (warning,) = [record.getMessage() for record in caplog.records if record.name == "fer_demo.hub"]
