@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="run the evaluation protocols on a training run",
         description="FER2013 Private/PublicTest, FER+ test, cross-data set, CK+ 7-class subject-independent 10-fold "
-        "(fine-tuned per fold), the CK+ identity-leakage probe and, for IDFERM and GCNet, the neutral faces of held-out "
-        "subjects; results in <run>/eval/*.json.",
+        "(fine-tuned per fold), the CK+ identity-leakage probe and, for IDFERM and GCNet, the neutral faces of "
+        "held-out subjects; results in <run>/eval/*.json.",
     )
     evaluate.add_argument("method", choices=methods, help="method of the run")
     evaluate.add_argument("--run", type=Path, help="run folder (default runs/<method>)")

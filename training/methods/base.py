@@ -28,6 +28,15 @@ def resized_rows(old: torch.Tensor, rows: Sequence[int | None], fresh: torch.Ten
     return torch.stack([fresh[i] if row is None else old[row] for i, row in enumerate(rows)])
 
 
+def resized_linear(old: nn.Linear, rows: Sequence[int | None]) -> nn.Linear:
+    """A new linear layer with ``len(rows)`` outputs: output i copies ``old``'s row ``rows[i]``, or starts fresh."""
+    new = nn.Linear(old.in_features, len(rows)).to(old.weight.device)
+    with torch.no_grad():
+        new.weight.copy_(resized_rows(old.weight, rows, new.weight))
+        new.bias.copy_(resized_rows(old.bias, rows, new.bias))
+    return new
+
+
 class Recipe:
     """Base class of the training recipes.
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from training.losses import softmax_loss, sparse_center_loss, update_centers
-from training.methods.base import Recipe, resized_rows
+from training.methods.base import Recipe, resized_linear, resized_rows
 
 
 def _he_centers(num_classes: int, dim: int) -> torch.Tensor:
@@ -57,12 +57,7 @@ class DACLRecipe(Recipe):
         }
 
     def replace_head(self, rows: Sequence[int | None]) -> None:
-        old = self.model.fc
-        fc = nn.Linear(old.in_features, len(rows)).to(self.device)
-        with torch.no_grad():
-            fc.weight.copy_(resized_rows(old.weight, rows, fc.weight))
-            fc.bias.copy_(resized_rows(old.bias, rows, fc.bias))
-        self.model.fc = fc
+        self.model.fc = resized_linear(self.model.fc, rows)
         fresh = _he_centers(len(rows), self.model.centers.shape[1]).to(self.device)
         self.model.centers = resized_rows(self.model.centers, rows, fresh)
         self.reset_optimizer()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from training.losses import am_softmax_loss, dispeller_loss, dispelling_loss
-from training.methods.base import Recipe, resized_rows
+from training.methods.base import Recipe, resized_linear, resized_rows
 
 
 class ED2LRecipe(Recipe):
@@ -60,9 +60,5 @@ class ED2LRecipe(Recipe):
         fresh = torch.empty(len(rows), classifier.weight.shape[1], device=self.device)
         nn.init.xavier_uniform_(fresh)
         classifier.weight = nn.Parameter(resized_rows(classifier.weight.detach(), rows, fresh))
-        new = nn.Linear(dispeller.in_features, len(rows)).to(self.device)
-        with torch.no_grad():
-            new.weight.copy_(resized_rows(dispeller.weight, rows, new.weight))
-            new.bias.copy_(resized_rows(dispeller.bias, rows, new.bias))
-        self.model.dispeller = new
+        self.model.dispeller = resized_linear(dispeller, rows)
         self.reset_optimizer()

@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.nn import functional as F
 
 from fer_demo.models import create_model, get_card
@@ -39,7 +38,7 @@ from fer_demo.models.gcnet import GCNet
 from training.augment import AugmentConfig
 from training.generation_losses import contrastive_loss, generation_loss, reconstruction_loss
 from training.losses import softmax_loss
-from training.methods.base import Recipe, build_optimizer, resized_rows
+from training.methods.base import Recipe, build_optimizer, resized_linear
 from training.neutral_eval import batched_generator, write_report
 from training.pairs import (
     NEUTRAL,
@@ -199,11 +198,6 @@ class GCNetRecipe(Recipe):
         }
 
     def replace_head(self, rows: Sequence[int | None]) -> None:
-        old = self.model.classifier
-        classifier = nn.Linear(old.in_features, len(rows)).to(self.device)
-        with torch.no_grad():
-            classifier.weight.copy_(resized_rows(old.weight, rows, classifier.weight))
-            classifier.bias.copy_(resized_rows(old.bias, rows, classifier.bias))
-        self.model.classifier = classifier
+        self.model.classifier = resized_linear(self.model.classifier, rows)
         self.neutral_index = list(rows).index(NEUTRAL) if NEUTRAL in rows else None
         self.reset_optimizer()

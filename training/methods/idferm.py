@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from fer_demo.models import create_model, get_card
 from fer_demo.models.idferm import IDFERM
@@ -47,7 +46,7 @@ from training.generation_losses import (
 )
 from training.identity import IdentityNet, freeze, load_identity, save_identity, train_identity
 from training.losses import softmax_loss, update_centers
-from training.methods.base import Recipe, build_optimizer, resized_rows
+from training.methods.base import Recipe, build_optimizer, resized_linear, resized_rows
 from training.neutral_eval import batched_generator, write_report
 from training.pairs import (
     NEUTRAL,
@@ -236,12 +235,7 @@ class IDFERMRecipe(Recipe):
         return {"loss": total.item(), "softmax": softmax.item(), "rml": rml.item(), "accuracy": accuracy.item()}
 
     def replace_head(self, rows: Sequence[int | None]) -> None:
-        old = self.model.rml.classifier
-        classifier = nn.Linear(old.in_features, len(rows)).to(self.device)
-        with torch.no_grad():
-            classifier.weight.copy_(resized_rows(old.weight, rows, classifier.weight))
-            classifier.bias.copy_(resized_rows(old.bias, rows, classifier.bias))
-        self.model.rml.classifier = classifier
+        self.model.rml.classifier = resized_linear(self.model.rml.classifier, rows)
         fresh = torch.zeros(len(rows), self.model.centers.shape[1], device=self.device)
         self.model.centers = resized_rows(self.model.centers, rows, fresh)
         self.neutral_index = list(rows).index(NEUTRAL) if NEUTRAL in rows else None
