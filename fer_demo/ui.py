@@ -57,6 +57,7 @@ class DemoApp:
         self.predictor = predictor
         self.maps = maps
         self.models = [name for name in list_models() if name in predictor.models]
+        self.map_figures = {name: viz.tsne_map_figure(name, ref.coords, ref.labels) for name, ref in maps.items()}
 
     # ---- rendering -------------------------------------------------------------------------------------------
     def render(self, session: Session, message: str) -> tuple:
@@ -73,7 +74,7 @@ class DemoApp:
                 columns.extend([None, gr.update(value=[], visible=False), gr.update(value=None, visible=False), None])
                 continue
             pictures = viz.model_gallery(face, result)
-            attention = None if result.attention is None else viz.attention_figure(result)
+            attention = None if result.attention is None else viz.plot_value(viz.attention_figure(result))
             columns.extend(
                 [
                     viz.label_scores(result),
@@ -82,12 +83,11 @@ class DemoApp:
                     self._tsne(name, session) if name in self.maps else None,
                 ]
             )
-        overview = viz.probability_figure(face) if face and face.results else None
+        overview = viz.plot_value(viz.probability_figure(face)) if face and face.results else None
         return (annotated, message, picker, overview, *columns, face_json(face) if face else None)
 
     def _tsne(self, name: str, session: Session):
-        reference = self.maps[name]
-        return viz.tsne_figure(name, reference.coords, reference.labels, list(session.trails.get(name, [])))
+        return viz.plot_value(viz.tsne_figure(self.map_figures[name], list(session.trails.get(name, []))))
 
     def _place(self, session: Session) -> None:
         face = session.faces[session.selected]

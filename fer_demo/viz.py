@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import plotly.graph_objects as go
+import plotly.io as pio
+from gradio.components.plot import PlotData
 
 from fer_demo.labels import EXPRESSIONS
 from fer_demo.predictor import FaceResult, ModelResult
@@ -51,25 +52,29 @@ def draw_faces(image: np.ndarray, faces: list[FaceResult], selected: int | None 
     return canvas
 
 
-def probability_figure(face: FaceResult) -> go.Figure:
+def probability_figure(face: FaceResult) -> dict:
     """Grouped bars: each model's seven probabilities, and the ensemble's."""
-    figure = go.Figure()
     rows = [(name, result.probs) for name, result in face.results.items()]
     if face.ensemble is not None:
         rows.append(("ensemble", face.ensemble))
-    for name, probs in rows:
-        figure.add_bar(
-            x=list(EXPRESSIONS), y=probs, name=name, hovertemplate="%{x}: %{y:.1%}<extra>" + name + "</extra>"
-        )
-    figure.update_layout(
-        barmode="group",
-        yaxis={"range": [0, 1], "tickformat": ".0%"},
-        height=300,
-        margin={"l": 40, "r": 10, "t": 30, "b": 30},
-        legend={"orientation": "h", "y": 1.15},
-        title=None,
-    )
-    return figure
+    bars = [
+        {
+            "type": "bar",
+            "x": list(EXPRESSIONS),
+            "y": probs.tolist(),
+            "name": name,
+            "hovertemplate": "%{x}: %{y:.1%}<extra>" + name + "</extra>",
+        }
+        for name, probs in rows
+    ]
+    layout = {
+        "barmode": "group",
+        "yaxis": {"range": [0, 1], "tickformat": ".0%"},
+        "height": 300,
+        "margin": {"l": 40, "r": 10, "t": 30, "b": 30},
+        "legend": {"orientation": "h", "y": 1.15},
+    }
+    return {"data": bars, "layout": layout}
 
 
 def _display(gray: np.ndarray) -> np.ndarray:
@@ -119,65 +124,95 @@ def branch_heatmaps(face: FaceResult, result: ModelResult) -> list[tuple[np.ndar
     return pairs
 
 
-def attention_figure(result: ModelResult) -> go.Figure:
+def attention_figure(result: ModelResult) -> dict:
     """DACL's 512 attention weights sorted high to low, with |x_j - c_j| to the predicted class's center."""
     order = np.argsort(-result.attention)
-    figure = go.Figure()
-    figure.add_scatter(y=result.attention[order], name="attention a_j", mode="lines", line={"color": "#1f77b4"})
+    traces = [
+        {
+            "type": "scatter",
+            "y": result.attention[order].tolist(),
+            "name": "attention a_j",
+            "mode": "lines",
+            "line": {"color": "#1f77b4"},
+        }
+    ]
     if result.center is not None:
         gap = np.abs(result.embedding - result.center)[order]
-        figure.add_scatter(
-            y=gap / max(gap.max(), 1e-8),
-            name=f"|x_j - c_j| to the {result.label} center (scaled)",
-            mode="markers",
-            marker={"size": 3, "color": "#ff7f0e"},
-            opacity=0.6,
+        traces.append(
+            {
+                "type": "scatter",
+                "y": (gap / max(gap.max(), 1e-8)).tolist(),
+                "name": f"|x_j - c_j| to the {result.label} center (scaled)",
+                "mode": "markers",
+                "marker": {"size": 3, "color": "#ff7f0e"},
+                "opacity": 0.6,
+            }
         )
-    figure.update_layout(
-        height=320,
-        margin={"l": 40, "r": 10, "t": 30, "b": 40},
-        xaxis_title="feature element (sorted by attention)",
-        yaxis={"range": [0, 1.02]},
-        legend={"orientation": "h", "y": -0.35},
-    )
-    return figure
+    layout = {
+        "height": 320,
+        "margin": {"l": 40, "r": 10, "t": 30, "b": 40},
+        "xaxis": {"title": {"text": "feature element (sorted by attention)"}},
+        "yaxis": {"range": [0, 1.02]},
+        "legend": {"orientation": "h", "y": -0.35},
+    }
+    return {"data": traces, "layout": layout}
 
 
-def tsne_figure(model: str, coords: np.ndarray, labels: np.ndarray, trail: list[np.ndarray] | None = None) -> go.Figure:
-    """The reference map coloured by expression, with the face's recent positions as a trail."""
-    figure = go.Figure()
-    for k, expression in enumerate(EXPRESSIONS):
-        points = coords[labels == k]
-        figure.add_scatter(
-            x=points[:, 0],
-            y=points[:, 1],
-            mode="markers",
-            name=expression,
-            marker={"size": 4, "color": COLORS[k], "opacity": 0.55},
-        )
-    if trail:
-        path = np.asarray(trail)
-        figure.add_scatter(
-            x=path[:, 0],
-            y=path[:, 1],
-            mode="lines+markers",
-            name="recent frames",
-            line={"color": "black", "width": 1},
-            marker={"size": 5, "color": "black"},
-        )
-        figure.add_scatter(
-            x=path[-1:, 0],
-            y=path[-1:, 1],
-            mode="markers",
-            name="this face",
-            marker={"size": 16, "color": "gold", "symbol": "star", "line": {"width": 1.5}},
-        )
-    figure.update_layout(
-        title={"text": f"{model}: expression embedding (t-SNE)", "font": {"size": 12}},
-        height=420,
-        margin={"l": 10, "r": 10, "t": 35, "b": 10},
-        xaxis={"visible": False},
-        yaxis={"visible": False},
-        legend={"itemsizing": "constant", "orientation": "h", "y": -0.02, "font": {"size": 10}},
-    )
-    return figure
+def tsne_map_figure(model: str, coords: np.ndarray, labels: np.ndarray) -> dict:
+    """A model's t-SNE reference map coloured by expression (the part of `tsne_figure` that never changes)."""
+    traces = [
+        {
+            "type": "scatter",
+            "x": coords[labels == k, 0].tolist(),
+            "y": coords[labels == k, 1].tolist(),
+            "mode": "markers",
+            "name": expression,
+            "marker": {"size": 4, "color": COLORS[k], "opacity": 0.55},
+        }
+        for k, expression in enumerate(EXPRESSIONS)
+    ]
+    layout = {
+        "title": {"text": f"{model}: expression embedding (t-SNE)", "font": {"size": 12}},
+        "height": 420,
+        "margin": {"l": 10, "r": 10, "t": 35, "b": 10},
+        "xaxis": {"visible": False},
+        "yaxis": {"visible": False},
+        "legend": {"itemsizing": "constant", "orientation": "h", "y": -0.02, "font": {"size": 10}},
+    }
+    return {"data": traces, "layout": layout}
+
+
+def tsne_figure(reference: dict, trail: list[np.ndarray] | None = None) -> dict:
+    """A `tsne_map_figure` with the face's recent positions as a trail and its current position as a star."""
+    if not trail:
+        return reference
+    path = np.asarray(trail, dtype=float)
+    marks = [
+        {
+            "type": "scatter",
+            "x": path[:, 0].tolist(),
+            "y": path[:, 1].tolist(),
+            "mode": "lines+markers",
+            "name": "recent frames",
+            "line": {"color": "black", "width": 1},
+            "marker": {"size": 5, "color": "black"},
+        },
+        {
+            "type": "scatter",
+            "x": path[-1:, 0].tolist(),
+            "y": path[-1:, 1].tolist(),
+            "mode": "markers",
+            "name": "this face",
+            "marker": {"size": 16, "color": "gold", "symbol": "star", "line": {"width": 1.5}},
+        },
+    ]
+    return {"data": [*reference["data"], *marks], "layout": reference["layout"]}
+
+
+def plot_value(figure: dict) -> PlotData:
+    """A plotly figure dict as the value of a `gr.Plot`.
+
+    The figures here are plotly's JSON form, serialised without building `plotly.graph_objects` (whose validation
+    takes tens of milliseconds per figure, too slow for live video); the tests validate each figure's form once.
+    """
+    return PlotData(type="plotly", plot=pio.to_json(figure, validate=False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import plotly.graph_objects as go
@@ -14,6 +15,11 @@ from fer_demo.embedding import ReferenceMap, load_reference_maps
 from fer_demo.labels import EXPRESSIONS
 from fer_demo.ui import DemoApp, Session, build_demo
 from tests.conftest import make_weight_store
+
+
+def as_figure(value) -> go.Figure:
+    """A `gr.Plot` value as a plotly figure; building it validates every property of the figure's JSON."""
+    return go.Figure(json.loads(value.plot))
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +51,8 @@ def test_photo_callback_renders_every_panel(app, astronaut):
     annotated, message, picker, overview, *columns, details, session = app.analyze_photo(astronaut, Session())
     assert annotated.shape == astronaut.shape and not np.array_equal(annotated, astronaut)
     assert "Found 1 face" in message
-    assert isinstance(overview, go.Figure) and len(overview.data) == 5  # four models + ensemble
+    overview = as_figure(overview)
+    assert len(overview.data) == 5 and overview.data[-1].name == "ensemble"  # four models + ensemble
     panels = dict(zip(app.models, zip(*[iter(columns)] * 4, strict=True), strict=True))
     for name, (label, *_) in panels.items():
         assert set(label) == set(EXPRESSIONS) and abs(sum(label.values()) - 1) < 1e-5, name
@@ -57,7 +64,7 @@ def test_photo_callback_renders_every_panel(app, astronaut):
         "idferm": ["input", "generated neutral"],
     }
     attention = panels["dacl"][2]
-    assert attention["visible"] and len(attention["value"].data[0].y) == 512
+    assert attention["visible"] and len(as_figure(attention["value"]).data[0].y) == 512
     assert not panels["ed2l"][2]["visible"]
     assert set(details["models"]) == {"dacl", "ed2l", "gcnet", "idferm"}
     assert len(session.faces) == 1
@@ -101,7 +108,9 @@ def test_webcam_frames_extend_the_trail(random_store, use_store, reference_map, 
         *outputs, session = app.analyze_frame(astronaut, session)
     assert len(session.trails["ed2l"]) == 3
     tsne = outputs[4 + 3]  # first (only) model column: label, pictures, attention, t-SNE
-    assert isinstance(tsne, go.Figure) and tsne.data[-1].name == "this face"
+    tsne = as_figure(tsne)
+    assert [trace.name for trace in tsne.data] == [*EXPRESSIONS, "recent frames", "this face"]
+    assert len(tsne.data[-2].x) == 3 and tsne.data[-1].x[0] == pytest.approx(session.trails["ed2l"][-1][0])
 
 
 def test_the_demo_builds_and_exposes_a_predict_api(random_store, use_store):
