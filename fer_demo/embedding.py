@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from openTSNE import TSNEEmbedding
 from openTSNE.affinity import PerplexityBasedNN
+from threadpoolctl import ThreadpoolController
 
 from fer_demo.hub import WeightsError, load_state_dict, save_state_dict
 
@@ -29,6 +30,10 @@ PLACEMENT_ITERATIONS = 15
 the point among its nearest reference neighbours, and a few steps settle it while keeping live video interactive."""
 
 _REQUIRED = ("embeddings", "coords", "labels", "perplexity")
+
+_THREADPOOLS = ThreadpoolController()
+"""Placement runs its one-point nearest-neighbour search on one OpenMP thread: on a 2-core machine whose other core
+runs the models, scikit-learn's parallel search waits for threads longer than it computes (3-4 times slower)."""
 
 
 def reference_map_file(model: str) -> str:
@@ -89,7 +94,7 @@ class ReferenceMap:
         here with `PLACEMENT_ITERATIONS` steps and without `transform`'s empty early-exaggeration pass.
         """
         points = np.atleast_2d(np.asarray(points, np.float32))
-        with self._lock:
+        with self._lock, _THREADPOOLS.limit(limits=1, user_api="openmp"):
             placed = self._embedding.prepare_partial(points, initialization="median", k=25, perplexity=5)
             placed.optimize(
                 n_iter=PLACEMENT_ITERATIONS,
