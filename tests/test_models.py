@@ -139,6 +139,24 @@ def test_idferm_gradients_reach_generator_discriminator_rml_and_distance():
     _assert_all(_grad_groups(model, ["generator", "discriminator", "rml", "distance"]))
 
 
+def test_idferm_inference_embeds_query_and_reference_in_one_pass_with_two_pass_outputs():
+    model = create_model("idferm").train()
+    with torch.no_grad():  # a few training-mode passes give BatchNorm running statistics that are not the defaults
+        for _ in range(3):
+            model(_input("idferm"))
+    model.eval()
+    x = _input("idferm")
+    mean, std = model.card.mean[0], model.card.std[0]
+    with torch.no_grad():
+        out = model(x)
+        reference = model.generator(x * std + mean)
+        logits, f = model.rml(x)
+        _, f_ref = model.rml((reference - mean) / std)
+    torch.testing.assert_close(out.logits, logits)
+    torch.testing.assert_close(out.embedding, f)
+    torch.testing.assert_close(out.reference_embedding, f_ref)
+
+
 def test_quadratic_distance_starts_as_a_mahalanobis_distance():
     distance = create_model("idferm").distance
     f1, f2 = torch.randn(4, 128), torch.randn(4, 128)
