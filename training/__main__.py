@@ -36,6 +36,8 @@ def _train(args: argparse.Namespace) -> None:
         config["threads"] = args.threads
     if args.epochs is not None:
         config["epochs"] = args.epochs
+    if args.init is not None:
+        config["init"] = str(args.init)
     if "pairs" in config:
         config.setdefault("data_dir", str(args.data_dir))
     train(config, args.out or REPO_ROOT / "runs" / args.method, data_dir=args.data_dir, resume=args.resume)
@@ -113,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--threads", type=int, help="CPU threads for this process (overrides the config)")
     train.add_argument("--epochs", type=int, help="number of epochs (overrides the config)")
+    train.add_argument(
+        "--init",
+        type=Path,
+        help="start from these weights (e.g. weights/dacl.safetensors) with a fresh optimizer and schedule",
+    )
     train.add_argument(
         "--set",
         action="append",

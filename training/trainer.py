@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from fer_demo.labels import EXPRESSIONS
@@ -263,7 +264,8 @@ def train(
     """Train a method on FER2013 Training, validating on PublicTest (or on the given sets).
 
     Args:
-        config: A method config (`load_config`), possibly with overrides.
+        config: A method config (`load_config`), possibly with overrides; its optional ``init`` names a weight
+            file the model starts from (a fresh optimizer and schedule follow).
         run_dir: Run folder (checkpoints, history, reports).
         data_dir: Folder of the shared data sets.
         resume: Continue from ``run_dir/last.*``.
@@ -282,6 +284,9 @@ def train(
     train_set = train_set or load_fer2013("Training", data_dir, drop_inexact=config.get("drop_inexact", False))
     val_set = val_set or load_fer2013("PublicTest", data_dir)
     recipe = build_recipe(config, device=distributed.device)
+    if config.get("init") and not resume:
+        recipe.load_state_tensors({key: value.float() for key, value in load_file(config["init"]).items()})
+        logger.info("Initialised %s from %s", config["method"], config["init"])
     if distributed.world > 1:
         recipe.distribute()
     card = recipe.model.card
