@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from fer_demo.embedding import ReferenceMap, reference_map_file
 from fer_demo.hub import load_manifest, sha256_file
@@ -119,6 +119,22 @@ def test_resume_continues_from_the_last_epoch(tmp_path):
     assert json.loads((tmp_path / "last.json").read_text())["epoch"] == 2
     assert (tmp_path / "curves.html").is_file() and (tmp_path / "best.safetensors").is_file()
     assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.pth"))
+
+
+def test_init_starts_a_fresh_run_from_a_weight_file(tmp_path):
+    faces, val = synthetic_faces(16), synthetic_faces(8, seed=1)
+    train(small_config("dacl"), tmp_path / "first", train_set=faces, val_set=val)
+    start = tmp_path / "start.safetensors"
+    save_file({key: value.half() for key, value in load_file(tmp_path / "first" / "best.safetensors").items()}, start)
+    config = small_config("dacl", init=str(start))
+    config["optimizer"] = {**config["optimizer"], "lr": 0.0}  # no step moves a parameter: they stay the start's
+    history = train(config, tmp_path / "second", train_set=faces, val_set=val)
+    assert [row["epoch"] for row in history] == [1]
+    trained, initial = load_file(tmp_path / "second" / "last.safetensors"), load_file(start)
+    parameters = [name for name, _ in create_model("dacl").named_parameters()]
+    for name in parameters:
+        torch.testing.assert_close(trained[name], initial[name].float())
+    assert json.loads((tmp_path / "second" / "last.json").read_text())["config"]["init"] == str(start)
 
 
 def _free_port() -> int:
