@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from fer_demo.embedding import ReferenceMap, reference_map_file
-from fer_demo.hub import load_manifest, sha256_file
+from fer_demo.hub import WeightsError, load_manifest, sha256_file, write_manifest_entry
 from fer_demo.models import create_model
 from training import export as export_module
 from training.augment import AugmentConfig
@@ -228,6 +228,28 @@ def test_export_then_pretrained_load_round_trip(tmp_path, monkeypatch, use_store
     assert reference.coords.shape == (len(reference.labels), 2)
     new = export_module.predict_faces(model, private.images[:3])["embedding"]
     assert reference.place(new).shape == (3, 2)
+
+
+def test_metrics_only_adds_later_protocols_to_the_exported_entry(tmp_path):
+    run, store = tmp_path / "run", tmp_path / "weights"
+    _fake_run(run, "dacl")
+    store.mkdir()
+    weights = store / "dacl.safetensors"
+    save_file({"w": torch.ones(2)}, weights)
+    metrics = {"fer2013_private_test": {"accuracy": 0.6, "mean_class_accuracy": 0.5}}
+    write_manifest_entry(weights.name, weights, weights_dir=store, model="dacl", dtype="float32", metrics=metrics)
+    fold = {"accuracy": 0.9, "mean_class_accuracy": 0.8, "fold_accuracy_std": 0.04, "confusion": [[1]]}
+    (run / "eval").mkdir()
+    (run / "eval" / "ckplus.json").write_text(json.dumps({"ckplus7": fold}))
+
+    entry = export_module.record_metrics(run, weights_dir=store)
+    assert entry["metrics"]["fer2013_private_test"] == metrics["fer2013_private_test"]
+    assert entry["metrics"]["ckplus7_10fold"]["accuracy"] == 0.9 and entry["dtype"] == "float32"
+    assert load_manifest(store)["files"]["dacl.safetensors"] == entry
+
+    save_file({"w": torch.zeros(2)}, weights)  # weights that are not the recorded ones get no metrics
+    with pytest.raises(WeightsError, match="changed since"):
+        export_module.record_metrics(run, weights_dir=store)
 
 
 def test_cli_offers_every_method_and_the_generator_pretraining():

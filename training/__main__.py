@@ -67,11 +67,15 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from training.export import export
+    from training.export import export, record_metrics
     from training.trainer import set_threads
 
+    run_dir = args.run or REPO_ROOT / "runs" / args.model
+    if args.metrics_only:
+        record_metrics(run_dir, weights_dir=args.weights_dir)
+        return
     set_threads(args.threads)
-    export(args.run or REPO_ROOT / "runs" / args.model, weights_dir=args.weights_dir, data_dir=args.data_dir)
+    export(run_dir, weights_dir=args.weights_dir, data_dir=args.data_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--run", type=Path, help="run folder (default runs/<model>)")
     export.add_argument("--weights-dir", type=Path, help="weight store (default weights/ or FER_DEMO_WEIGHTS_DIR)")
     export.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    export.add_argument(
+        "--metrics-only",
+        action="store_true",
+        help="only add the run's eval/*.json reports (e.g. a later CK+ 10-fold run) to the manifest entry of the "
+        "weights already exported from it",
+    )
     export.set_defaults(handler=_export)
     return parser
 

@@ -27,8 +27,16 @@ import torch
 from safetensors.torch import load_file
 
 from fer_demo.embedding import reference_map_file, save_reference_map
-from fer_demo.hub import default_weights_dir, save_state_dict, write_manifest_entry
-from fer_demo.models import FerModel
+from fer_demo.hub import (
+    MANIFEST_NAME,
+    WeightsError,
+    default_weights_dir,
+    load_manifest,
+    save_state_dict,
+    sha256_file,
+    write_manifest_entry,
+)
+from fer_demo.models import FerModel, get_card
 from training.data import load_fer2013
 from training.evaluate import evaluate_faces, load_trained, model_state, run_config
 from training.inference import predict_faces
@@ -95,7 +103,19 @@ def collect_metrics(eval_dir: Path, fer2013: dict[str, dict], neutral: Path | No
     metrics: dict[str, Any] = {
         "fer2013_private_test": _headline(fer2013["PrivateTest"]),
         "fer2013_public_test": _headline(fer2013["PublicTest"]),
+        **eval_metrics(eval_dir),
     }
+    if neutral is not None and neutral.is_file():
+        report = json.loads(neutral.read_text(encoding="utf-8"))
+        metrics["neutral_reference"] = {
+            key: value for key, value in report.items() if key not in ("grid", "loss_identity")
+        }
+    return metrics
+
+
+def eval_metrics(eval_dir: Path) -> dict[str, Any]:
+    """Manifest metrics of the protocol reports in ``eval_dir`` (FER+, CK+ 10-fold, cross-data set, probe)."""
+    metrics: dict[str, Any] = {}
 
     def read(name: str) -> dict | None:
         path = eval_dir / f"{name}.json"
@@ -116,12 +136,32 @@ def collect_metrics(eval_dir: Path, fer2013: dict[str, dict], neutral: Path | No
         metrics["identity_probe_ckplus"] = {
             key: value for key, value in probe.items() if key not in ("weights", "baseline_run")
         }
-    if neutral is not None and neutral.is_file():
-        report = json.loads(neutral.read_text(encoding="utf-8"))
-        metrics["neutral_reference"] = {
-            key: value for key, value in report.items() if key not in ("grid", "loss_identity")
-        }
     return metrics
+
+
+def record_metrics(run_dir: Path, *, weights_dir: Path | None = None) -> dict[str, Any]:
+    """Add the protocol reports of ``<run>/eval`` to the manifest entry of the run's already exported weights.
+
+    For protocols run after `export` (the CK+ 10-fold cross-validation takes longest): the weight file, its
+    t-SNE map and every other field of the entry stay as they are; only the reported metrics are added or replaced.
+
+    Returns:
+        The updated manifest entry.
+
+    Raises:
+        fer_demo.hub.WeightsError: The model's weights are not in the manifest, or differ from their entry.
+    """
+    run_dir = Path(run_dir)
+    weights_dir = Path(weights_dir or default_weights_dir())
+    filename = get_card(run_config(run_dir)["model"]).weight_file
+    entry = load_manifest(weights_dir)["files"].get(filename)
+    if entry is None:
+        raise WeightsError(f"{filename} is not in {weights_dir / MANIFEST_NAME}; export the run first")
+    if sha256_file(weights_dir / filename) != entry["sha256"]:
+        raise WeightsError(f"{weights_dir / filename} changed since it was recorded; export the run again")
+    fields = {key: value for key, value in entry.items() if key not in ("sha256", "size")}
+    fields["metrics"] = {**entry.get("metrics", {}), **eval_metrics(run_dir / "eval")}
+    return write_manifest_entry(filename, weights_dir / filename, weights_dir=weights_dir, **fields)
 
 
 def export(
