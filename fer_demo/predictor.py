@@ -107,7 +107,8 @@ class Predictor:
         self.detector = detector or FaceDetector()
         self.unavailable = dict(unavailable or {})
         for model in models.values():
-            model.eval()
+            # NHWC convolutions are faster on the CPU for these small inputs; outputs agree to float32 rounding
+            model.eval().to(memory_format=torch.channels_last)
 
     @classmethod
     def load(cls, names: Sequence[str] | None = None, detector: FaceDetector | None = None) -> Predictor:
