@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+GENERATED = ("benchmarks/results", "README.md", "docs/MODEL_CARDS.md")
+"""What `python -m benchmarks` writes itself, relative to `ROOT`."""
 DISTRIBUTIONS = ("torch", "numpy", "mediapipe", "opencv-contrib-python", "gradio", "plotly", "openTSNE", "scikit-learn")
 
 
@@ -29,14 +31,19 @@ def now() -> dt.datetime:
 
 
 def git_commit() -> dict[str, Any]:
-    """HEAD commit, its short form and whether the working tree had changes (None outside a git checkout)."""
+    """HEAD commit, its short form and whether the working tree had changes (None outside a git checkout).
+
+    Result files and the generated documents do not count as changes: a run writes them itself (the latency
+    result exists before the accuracy run of the same `all` starts).
+    """
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD")
-        return {"commit": commit, "short": commit[:7], "dirty": bool(git("status", "--porcelain"))}
+        changes = git("status", "--porcelain", "--", ".", *(f":!{path}" for path in GENERATED))
+        return {"commit": commit, "short": commit[:7], "dirty": bool(changes)}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "short": "nogit", "dirty": None}
 

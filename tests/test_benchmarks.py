@@ -7,11 +7,12 @@ Random weights check the pipeline, not accuracy; the results must say so. Sizes 
 from __future__ import annotations
 
 import json
+import subprocess
 
 import numpy as np
 import pytest
 
-from benchmarks import accuracy, latency, report
+from benchmarks import accuracy, common, latency, report
 from benchmarks.datasets import EVAL_SETS
 from fer_demo import Predictor
 from fer_demo.models import list_models
@@ -133,3 +134,21 @@ def test_the_small_evaluation_sets_load_with_their_documented_sizes(name):
         len(faces) == {"ckplus": 981, "jaffe": 213, "rafd_subset": 117, "nimstim_subset": 110, "yale_faces": 59}[name]
     )
     assert faces.images.dtype == np.uint8 and 0 <= faces.labels.min() and faces.labels.max() < len(CLASSES)
+
+
+def test_a_result_is_dirty_for_changed_code_not_for_the_files_the_benchmark_writes(tmp_path, monkeypatch):
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
+
+    git("init", "-q")
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "README.md").write_text("results\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("commit", "-qm", "start")
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    (tmp_path / "benchmarks" / "results" / "today-latency.json").write_text("{}")
+    (tmp_path / "README.md").write_text("new results\n")
+    assert common.git_commit()["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert common.git_commit()["dirty"] is True
