@@ -70,9 +70,9 @@ def probability_figure(face: FaceResult) -> dict:
     layout = {
         "barmode": "group",
         "yaxis": {"range": [0, 1], "tickformat": ".0%"},
-        "height": 300,
-        "margin": {"l": 40, "r": 10, "t": 30, "b": 30},
-        "legend": {"orientation": "h", "y": 1.15},
+        "height": 320,
+        "margin": {"l": 40, "r": 10, "t": 50, "b": 30},
+        "legend": {"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom"},
     }
     return {"data": bars, "layout": layout}
 
