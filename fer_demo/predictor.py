@@ -6,7 +6,10 @@ The one entry point of the UI, the CLI and the benchmarks.
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -95,6 +98,9 @@ class Predictor:
 
     Build it with `Predictor.load()`; `unavailable` names the models that could not be loaded and why, and
     `sources` says where each loaded model's weights came from (hub, cache or bundled).
+
+    The models of a frame run side by side on a small thread pool (one small face batch keeps a core's worth of
+    torch threads only partly busy), the slowest model of the previous frame first.
     """
 
     def __init__(
@@ -109,6 +115,9 @@ class Predictor:
         for model in models.values():
             # NHWC convolutions are faster on the CPU for these small inputs; outputs agree to float32 rounding
             model.eval().to(memory_format=torch.channels_last)
+        self._seconds: dict[str, float] = {}
+        workers = max(1, min(len(models), os.cpu_count() or 1))
+        self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fer-demo-model")
 
     @classmethod
     def load(cls, names: Sequence[str] | None = None, detector: FaceDetector | None = None) -> Predictor:
@@ -163,7 +172,10 @@ class Predictor:
         if not faces:
             return []
         crops = np.stack([face.aligned for face in faces])
-        per_model = {name: self._run(name, crops) for name in self.models}
+        slowest_first = sorted(self.models, key=lambda name: -self._seconds.get(name, 0.0))
+        runs = self._workers.map(lambda name: self._run(name, crops), slowest_first)
+        answers = dict(zip(slowest_first, runs, strict=True))
+        per_model = {name: answers[name] for name in self.models}
         return [
             FaceResult(face, {name: results[i] for name, results in per_model.items()}) for i, face in enumerate(faces)
         ]
@@ -171,7 +183,9 @@ class Predictor:
     @torch.inference_mode()
     def _run(self, name: str, crops: np.ndarray) -> list[ModelResult]:
         model = self.models[name]
+        started = time.perf_counter()
         output = model(prepare(crops, model.card))
+        self._seconds[name] = time.perf_counter() - started
         probs = output.logits.float().softmax(-1).numpy()
         embedding = output.embedding.float().numpy()
         neutral = None if output.neutral is None else _to_uint8(output.neutral[:, 0])

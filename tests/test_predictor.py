@@ -94,6 +94,17 @@ def test_unreadable_input_raises_a_clear_error(predictor):
         predictor.predict(b"this is not an image")
 
 
+def test_models_run_side_by_side_give_each_model_its_own_answers(predictor, group_photo):
+    faces = predictor.detector.detect(group_photo)
+    together = [predictor.predict_faces(faces) for _ in range(2)]  # the second call runs the slowest model first
+    for name, model in predictor.models.items():
+        alone = Predictor({name: model}, predictor.detector).predict_faces(faces)
+        for answers in together:
+            for joint, single in zip(answers, alone, strict=True):
+                np.testing.assert_allclose(joint.results[name].probs, single.results[name].probs, atol=1e-5)
+                np.testing.assert_allclose(joint.results[name].embedding, single.results[name].embedding, atol=1e-4)
+
+
 def test_concurrent_predictions_agree(predictor, astronaut):
     expected = predictor.predict(astronaut)[0].results["ed2l"].probs
     answers, errors = [], []
