@@ -5,15 +5,17 @@ composite made from it. Each repetition runs every stage in turn, so load change
 
 - ``decode``: `fer_demo.faces.load_image` on the JPEG bytes;
 - ``detect_align``: `FaceDetector.detect` (MediaPipe detection + similarity alignment of every face);
-- ``model:<name>``: one model on every face (`Predictor.predict_faces`: preprocessing, forward, result packing);
+- ``model:<name>``: one model alone on every face (`Predictor.predict_faces`: preprocessing, forward, result
+  packing);
+- ``models``: all models on every face, as the app runs them (`Predictor.predict_faces`, models side by side);
 - ``tsne_place``: `ReferenceMap.place` of the selected face in every model's t-SNE map;
 - ``render``: `DemoApp.render`, every per-frame figure of `fer_demo.viz` (boxes, probabilities, neutral
   references, heat-maps, attention, t-SNE maps);
 - ``full``: `DemoApp.analyze_frame` on the decoded frame, the whole server work of one webcam frame.
 
-Derived: ``models`` (sum of the model stages), ``figures`` (tsne_place + render) and ``models_figures_per_face``
-((models + figures) / faces). Peers run their own detect-and-classify pipeline on the same JPEG files with the same
-warm-up and repetitions, each in its own process and environment (see `benchmarks.peers`).
+Derived: ``figures`` (tsne_place + render) and ``models_figures_per_face`` ((models + figures) / faces). Peers run
+their own detect-and-classify pipeline on the same JPEG files with the same warm-up and repetitions, each in its own
+process and environment (see `benchmarks.peers`).
 """
 
 from __future__ import annotations
@@ -126,11 +128,9 @@ def measure_ours(app: DemoApp, data: bytes, warmup: int, repeats: int) -> dict[s
         clock = _Clock()
         image = clock.time("decode", load_image, data)
         faces = clock.time("detect_align", predictor.detector.detect, image)
-        per_model = {name: clock.time(f"model:{name}", single.predict_faces, faces) for name, single in singles.items()}
-        results = [
-            FaceResult(face, {name: answers[i].results[name] for name, answers in per_model.items()})
-            for i, face in enumerate(faces)
-        ]
+        for name, single in singles.items():
+            clock.time(f"model:{name}", single.predict_faces, faces)
+        results = clock.time("models", predictor.predict_faces, faces)
         clock.time("tsne_place", _place_selected, app, results)
         clock.time("render", app.render, Session(faces=results, image=image), "")
         clock.time("full", app.analyze_frame, image, stream)
@@ -138,7 +138,6 @@ def measure_ours(app: DemoApp, data: bytes, warmup: int, repeats: int) -> dict[s
             continue
         faces_found.append(len(faces))
         for times in (clock.wall, clock.cpu):
-            times["models"] = sum(value for key, value in times.items() if key.startswith("model:"))
             times["figures"] = times["tsne_place"] + times["render"]
             times["models_figures_per_face"] = (times["models"] + times["figures"]) / max(len(faces), 1)
         for key in clock.wall:

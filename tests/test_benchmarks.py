@@ -86,11 +86,11 @@ def test_quick_latency_times_every_stage_for_one_and_four_faces(quick_run):
         assert expected | {f"model:{name}" for name in list_models()} == set(stages)
         for stage in stages.values():
             assert len(stage["ms"]) == len(stage["cpu_ms"]) == 1 and 0 < stage["p50"] <= stage["p95"] < 600_000
-        assert np.isclose(
-            stages["models"]["p50"],
-            np.median(np.sum([stages[f"model:{name}"]["ms"] for name in list_models()], axis=0)),
-            atol=0.01,
-        )
+        (faces,) = image["faces"]
+        figures = stages["tsne_place"]["ms"][0] + stages["render"]["ms"][0]
+        assert np.isclose(stages["figures"]["ms"][0], figures, atol=0.01)
+        per_face = (stages["models"]["ms"][0] + figures) / faces
+        assert np.isclose(stages["models_figures_per_face"]["ms"][0], per_face, atol=0.01)
 
 
 def test_report_renders_tables_figures_and_replaces_the_readme_section(quick_run, tmp_path):
