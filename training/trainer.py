@@ -285,7 +285,7 @@ def train(
     val_set = val_set or load_fer2013("PublicTest", data_dir)
     recipe = build_recipe(config, device=distributed.device)
     if config.get("init") and not resume:
-        recipe.load_state_tensors({key: value.float() for key, value in load_file(config["init"]).items()})
+        recipe.load_state_tensors(load_file(config["init"]))  # load_state_dict casts float16 files to the model
         logger.info("Initialised %s from %s", config["method"], config["init"])
     if distributed.world > 1:
         recipe.distribute()
