@@ -1,7 +1,7 @@
 """Accuracy of every fer-demo model, their ensemble and the peer packages on the same data-set faces.
 
-Ours: `Predictor.predict_crops` (the path of the app and of the manifest numbers) on each set; the ensemble is the
-mean of the models' probabilities. CK+ 10-fold (fine-tuned per fold) numbers are read from the weight manifest,
+Ours: `Predictor.predict_crops` (the path of the app and of the manifest numbers) on each set; the ensemble is
+`Predictor.ensemble` of the models' probabilities, as the app shows it. CK+ 10-fold (fine-tuned per fold) numbers are read from the weight manifest,
 where `python -m training export` records them. Peers: each runner classifies the same crops in its own environment
 (see `benchmarks.peers`); its class names are mapped to ours by name, and a class it lacks is reported, its faces
 counted as errors.
@@ -91,7 +91,7 @@ def evaluate_ours(
         complete: Whether the sets are complete, so FER2013 PrivateTest can be checked against the manifest.
     """
     models: dict[str, Any] = {}
-    ensemble: dict[str, list[np.ndarray]] = {name: [] for name in sets}
+    ensemble: dict[str, dict[str, np.ndarray]] = {name: {} for name in sets}
     for name, model in predictor.models.items():
         single = Predictor({name: model}, predictor.detector)
         entry = weights.get(name) or {}
@@ -101,7 +101,7 @@ def evaluate_ours(
             probs = single.predict_crops(faces.images)[name]
             seconds[set_name] = time.perf_counter() - start
             results[set_name] = score(probs, list(model.card.classes), faces)
-            ensemble[set_name].append(probs)
+            ensemble[set_name][name] = probs
             logger.info("%s on %s: accuracy %.4f", name, set_name, results[set_name]["accuracy"])
         results.update(manifest_results(entry.get("metrics", {})))
         models[name] = {
@@ -117,11 +117,12 @@ def evaluate_ours(
     if len(predictor.models) > 1:
         models["ensemble"] = {
             "kind": "ensemble",
-            "title": f"mean of {', '.join(predictor.models)}",
+            "title": f"log-linear pool of {', '.join(predictor.models)}",
+            "weights": predictor.ensemble_weights,
             "trained": all(m["trained"] for m in models.values()),
             "classes": list(CLASSES[:7]),
             "results": {
-                set_name: score(np.mean(probs, axis=0), list(CLASSES[:7]), sets[set_name])
+                set_name: score(predictor.ensemble(probs), list(CLASSES[:7]), sets[set_name])
                 for set_name, probs in ensemble.items()
             },
         }

@@ -87,7 +87,7 @@ def versions(distributions: tuple[str, ...] = DISTRIBUTIONS) -> dict[str, str | 
 
 
 def weights_info() -> dict[str, Any]:
-    """Per model: its manifest entry's SHA-256, data and metrics, and whether it is a trained (exported) model.
+    """Per model: its manifest entry's SHA-256, data, metrics and calibration, and whether it is a trained model.
 
     An entry without training provenance (``data``) is an untrained placeholder: results from it measure the
     pipeline only.
@@ -111,6 +111,7 @@ def weights_info() -> dict[str, Any]:
                 "git_commit": entry.get("git_commit"),
                 "trained": bool(entry.get("data")),
                 "metrics": entry.get("metrics", {}),
+                "calibration": entry.get("calibration"),
             }
         )
     return {"folder": str(folder), "models": models}

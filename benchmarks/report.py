@@ -222,6 +222,13 @@ def results_section(folder: Path = common.RESULTS_DIR) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _calibration(report: dict[str, Any] | None) -> str:
+    if not report:
+        return "not calibrated (T = 1)"
+    ece, nll = report["PrivateTest"]["ece"], report["PrivateTest"]["nll"]
+    return f"T = {report['temperature']:.2f}: {_pct(ece[0])} → {_pct(ece[1])} / {nll[0]:.2f} → {nll[1]:.2f}"
+
+
 def cards_section() -> str:
     """Markdown of the model cards' generated part: each model's card facts and the metrics in the weight manifest."""
     models = common.weights_info()["models"]
@@ -248,23 +255,31 @@ def cards_section() -> str:
         "",
         "### Metrics (from `weights/manifest.json`)",
         "",
-        "| model | weights (SHA-256) | " + " | ".join(title for _, title in columns) + " | identity probe (CK+) |",
-        "|---|---|" + "---|" * (len(columns) + 1),
+        "| model | weights (SHA-256) | "
+        + " | ".join(title for _, title in columns)
+        + " | identity probe (CK+) | temperature: PrivateTest ECE / NLL, raw → calibrated |",
+        "|---|---|" + "---|" * (len(columns) + 2),
     ]
     for name in list_models():
         entry = models.get(name)
         if not entry or not entry["trained"]:
-            lines.append(f"| `{name}` | no trained weights yet |" + " — |" * (len(columns) + 1))
+            lines.append(f"| `{name}` | no trained weights yet |" + " — |" * (len(columns) + 2))
             continue
         metrics = entry["metrics"]
         probe = metrics.get("identity_probe_ckplus") or {}
         probe_text = "—" if "embedding" not in probe else f"{_pct(probe['embedding'])} (chance {_pct(probe['chance'])})"
         cells = [_cell(metrics.get(key)) for key, _ in columns]
-        lines.append(f"| `{name}` | `{entry['sha256'][:12]}` | " + " | ".join(cells) + f" | {probe_text} |")
+        lines.append(
+            f"| `{name}` | `{entry['sha256'][:12]}` | "
+            + " | ".join(cells)
+            + f" | {probe_text} | {_calibration(entry.get('calibration'))} |"
+        )
     lines += [
         "",
         "Accuracy (mean per-class accuracy), %, as `python -m training export` recorded them. Identity probe: accuracy "
-        "of a linear probe that recognises the CK+ subject from the expression embedding (lower: less identity).",
+        "of a linear probe that recognises the CK+ subject from the expression embedding (lower: less identity). "
+        "Temperature: T of softmax(logits / T), fitted on PublicTest by `python -m training calibrate`; expected "
+        "calibration error (%, 15 bins) and negative log-likelihood on PrivateTest before → after.",
         "",
         "### Peer packages in the benchmark (from `benchmarks.peers`)",
         "",

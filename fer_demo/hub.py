@@ -16,7 +16,10 @@ Trained weights live in ``weights/`` at the repository root (``FER_DEMO_WEIGHTS_
   ``FER_DEMO_HUB_REPO`` and ``FER_DEMO_HUB_REVISION`` override them; ``HF_ENDPOINT`` is read at call time.
 - ``files``: one entry per weight file, keyed by its bare file name, with its lowercase hex ``sha256`` and its
   ``size`` in bytes. ``model`` names the model the file belongs to; every other key (``dtype``, ``data``,
-  ``config``, ``git_commit``, ``metrics``, ``license``, ...) is free-form provenance. ``files`` may be empty.
+  ``config``, ``git_commit``, ``metrics``, ``calibration``, ``license``, ...) is free-form provenance. ``files`` may
+  be empty.
+- ``ensemble`` (optional): how `fer_demo.Predictor` combines the models, ``{"weights": {model: weight},
+  "sha256": {model: sha256 of the weight file it was fitted with}, ...}`` (`write_manifest_ensemble`).
 
 Only files listed in the manifest are ever loaded, and only when their SHA-256 matches the entry.
 `resolve_weights` looks for a file, in this order:
@@ -43,7 +46,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -86,12 +89,13 @@ class WeightSource(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ResolvedWeights:
-    """A local weight file whose content matched its manifest entry."""
+    """A local weight file whose content matched its manifest entry (`entry`, which also holds its provenance)."""
 
     path: Path
     source: WeightSource
     sha256: str
     filename: str
+    entry: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 class WeightsError(RuntimeError):
@@ -230,7 +234,7 @@ def resolve_weights(
                 f"version control, or re-export it with `python -m training export {model}`, which rewrites the "
                 "file and its manifest entry."
             )
-        return ResolvedWeights(path=bundled, source=WeightSource.BUNDLED, sha256=entry["sha256"], filename=filename)
+        return ResolvedWeights(bundled, WeightSource.BUNDLED, entry["sha256"], filename, entry)
     misses.append(f"not bundled at {bundled}")
     raise WeightsNotFoundError(
         f"No trained weights for model '{model}' ({filename}): listed in {weights_dir / MANIFEST_NAME} but "
@@ -302,23 +306,58 @@ def write_manifest_entry(
         raise ValueError(f"write_manifest_entry computes {', '.join(reserved)} itself; do not pass them.")
     weights_dir = Path(weights_dir or default_weights_dir())
     manifest_path = weights_dir / MANIFEST_NAME
-    if manifest_path.exists():
-        manifest = load_manifest(weights_dir)
-    else:
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "hub": {"repo_id": DEFAULT_HUB_REPO, "revision": DEFAULT_HUB_REVISION},
-            "files": {},
-        }
     entry = {**metadata, "sha256": sha256_file(path), "size": Path(path).stat().st_size}
     problems = _entry_problems(filename, entry)
     if problems:
         raise WeightsError(f"Cannot record '{filename}' in {manifest_path}: {'; '.join(problems)}.")
+    manifest = _manifest_or_new(weights_dir)
     manifest["files"][filename] = entry
-    text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    _write_atomically(manifest_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    _write_manifest(manifest_path, manifest)
     logger.info("Recorded %s (sha256 %s, %d bytes) in %s", filename, entry["sha256"], entry["size"], manifest_path)
     return entry
+
+
+def write_manifest_ensemble(
+    weights: dict[str, float], sha256: dict[str, str], *, weights_dir: Path | None = None, **metadata: Any
+) -> dict[str, Any]:
+    """Record how the models are combined: a weight per model and the weight files it was fitted with.
+
+    Args:
+        weights: model name -> non-negative weight.
+        sha256: model name -> SHA-256 of the weight file the weight was fitted with.
+        weights_dir: Weight store folder; `default_weights_dir()` when None.
+        **metadata: JSON-serialisable provenance (method, data, measured accuracy, ...).
+
+    Returns:
+        The ``ensemble`` object written.
+
+    Raises:
+        WeightsError: The existing manifest is malformed, or a weight is negative or not a number.
+    """
+    weights_dir = Path(weights_dir or default_weights_dir())
+    ensemble = {**metadata, "weights": weights, "sha256": sha256}
+    problems = _ensemble_problems(ensemble)
+    if problems:
+        raise WeightsError(f"Cannot record the ensemble in {weights_dir / MANIFEST_NAME}: {'; '.join(problems)}.")
+    manifest = _manifest_or_new(weights_dir)
+    manifest["ensemble"] = ensemble
+    _write_manifest(weights_dir / MANIFEST_NAME, manifest)
+    return ensemble
+
+
+def _manifest_or_new(weights_dir: Path) -> dict[str, Any]:
+    if (weights_dir / MANIFEST_NAME).exists():
+        return load_manifest(weights_dir)
+    return {
+        "format": MANIFEST_FORMAT,
+        "hub": {"repo_id": DEFAULT_HUB_REPO, "revision": DEFAULT_HUB_REVISION},
+        "files": {},
+    }
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    _write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _manifest_problems(manifest: object) -> list[str]:
@@ -343,6 +382,22 @@ def _manifest_problems(manifest: object) -> list[str]:
             problems.extend(f"files['{name}']: {problem}" for problem in _entry_problems(name, entry))
     else:
         problems.append("'files' must be an object mapping file names to entries")
+    if "ensemble" in manifest:
+        problems.extend(f"ensemble: {problem}" for problem in _ensemble_problems(manifest["ensemble"]))
+    return problems
+
+
+def _ensemble_problems(ensemble: object) -> list[str]:
+    if not isinstance(ensemble, dict) or not isinstance(ensemble.get("weights"), dict):
+        return ["must be an object with 'weights' (model -> weight) and 'sha256' (model -> hash)"]
+    problems = [
+        f"the weight of '{name}' must be a non-negative number"
+        for name, weight in ensemble["weights"].items()
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0
+    ]
+    hashes = ensemble.get("sha256")
+    if not isinstance(hashes, dict) or hashes.keys() != ensemble["weights"].keys():
+        problems.append("'sha256' must name the weight file hash of every weighted model")
     return problems
 
 
@@ -437,7 +492,7 @@ def _accept(
 ) -> ResolvedWeights | None:
     problem = _content_problem(path, entry, always_hash=False)
     if problem is None:
-        return ResolvedWeights(path=path, source=source, sha256=entry["sha256"], filename=filename)
+        return ResolvedWeights(path, source, entry["sha256"], filename, entry)
     logger.warning("Ignoring the %s copy of %s at %s: %s; falling back.", source.value, filename, path, problem)
     misses.append(f"the {source.value} copy at {path} does not match the manifest ({problem})")
     return None

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fer_demo.faces import Face, FaceDetector, load_image
-from fer_demo.hub import ResolvedWeights, WeightsError
+from fer_demo.hub import ResolvedWeights, WeightsError, load_manifest
 from fer_demo.labels import EXPRESSIONS
 from fer_demo.models import FerModel, create_model, list_models
 from fer_demo.preprocess import prepare
@@ -30,7 +30,7 @@ class ModelResult:
 
     Attributes:
         model: Registry name of the model.
-        probs: (7,) probabilities in `EXPRESSIONS` order.
+        probs: (7,) calibrated probabilities (`FerModel.probabilities`) in `EXPRESSIONS` order.
         embedding: (D,) expression embedding.
         neutral: (H, W) uint8 generated neutral reference, for generative methods.
         heatmaps: name -> (H, W) float32 map in [0, 1] at the model's input size.
@@ -66,22 +66,17 @@ class FaceResult:
     Attributes:
         face: The detection (box, key points, aligned crop, alignment matrix).
         results: model name -> `ModelResult`.
+        ensemble: (7,) the models' probabilities combined by `Predictor.ensemble`, or None when no model ran.
     """
 
     face: Face
     results: dict[str, ModelResult]
+    ensemble: np.ndarray | None = None
 
     @property
     def box(self) -> np.ndarray:
         """(4,) x0, y0, x1, y1 in image pixels."""
         return self.face.box
-
-    @property
-    def ensemble(self) -> np.ndarray | None:
-        """(7,) mean of the models' probabilities, or None when no model ran."""
-        if not self.results:
-            return None
-        return np.mean([result.probs for result in self.results.values()], axis=0)
 
     def __repr__(self) -> str:
         box = ", ".join(f"{v:.0f}" for v in self.box)
@@ -101,6 +96,9 @@ class Predictor:
 
     The models of a frame run side by side on a small thread pool (one small face batch keeps a core's worth of
     torch threads only partly busy), the slowest model of the previous frame first.
+
+    `ensemble_weights` (model -> weight) combine the models' calibrated probabilities (see `ensemble`); `load` takes
+    them from the manifest when they were fitted for exactly the loaded weight files.
     """
 
     def __init__(
@@ -108,10 +106,14 @@ class Predictor:
         models: dict[str, FerModel],
         detector: FaceDetector | None = None,
         unavailable: dict[str, str] | None = None,
+        ensemble_weights: dict[str, float] | None = None,
     ) -> None:
         self.models = models
         self.detector = detector or FaceDetector()
         self.unavailable = dict(unavailable or {})
+        self.ensemble_weights = (
+            dict(ensemble_weights) if ensemble_weights else {name: 1 / len(models) for name in models}
+        )
         for model in models.values():
             # NHWC convolutions are faster on the CPU for these small inputs; outputs agree to float32 rounding
             model.eval().to(memory_format=torch.channels_last)
@@ -142,7 +144,26 @@ class Predictor:
                     raise
                 logger.warning("Model %s unavailable: %s", name, error)
                 unavailable[name] = str(error)
-        return cls(models, detector, unavailable)
+        return cls(models, detector, unavailable, _fitted_ensemble_weights(models))
+
+    def ensemble(self, probs: dict[str, np.ndarray]) -> np.ndarray | None:
+        """Log-linear pool of the models' probabilities: softmax(sum_m w_m log p_m) over the last axis.
+
+        With the weights fitted on FER2013 PublicTest (`python -m training calibrate`) the pool is the ensemble that
+        predicts those labels best; without them every model weighs 1/M (the normalised geometric mean).
+
+        Args:
+            probs: model name -> (..., 7) probabilities, for models of this predictor.
+
+        Returns:
+            (..., 7) probabilities, or None when `probs` is empty.
+        """
+        if not probs:
+            return None
+        scores = sum(self.ensemble_weights[name] * np.log(np.maximum(p, 1e-12)) for name, p in probs.items())
+        scores = scores - scores.max(axis=-1, keepdims=True)
+        pooled = np.exp(scores)
+        return (pooled / pooled.sum(axis=-1, keepdims=True)).astype(np.float32)
 
     @property
     def sources(self) -> dict[str, ResolvedWeights | None]:
@@ -176,8 +197,16 @@ class Predictor:
         runs = self._workers.map(lambda name: self._run(name, crops), slowest_first)
         answers = dict(zip(slowest_first, runs, strict=True))
         per_model = {name: answers[name] for name in self.models}
+        ensemble = self.ensemble(
+            {name: np.stack([result.probs for result in results]) for name, results in per_model.items()}
+        )
         return [
-            FaceResult(face, {name: results[i] for name, results in per_model.items()}) for i, face in enumerate(faces)
+            FaceResult(
+                face,
+                {name: results[i] for name, results in per_model.items()},
+                None if ensemble is None else ensemble[i],
+            )
+            for i, face in enumerate(faces)
         ]
 
     @torch.inference_mode()
@@ -186,7 +215,7 @@ class Predictor:
         started = time.perf_counter()
         output = model(prepare(crops, model.card))
         self._seconds[name] = time.perf_counter() - started
-        probs = output.logits.float().softmax(-1).numpy()
+        probs = model.probabilities(output.logits).numpy()
         embedding = output.embedding.float().numpy()
         neutral = None if output.neutral is None else _to_uint8(output.neutral[:, 0])
         heatmaps = {key: value.float().numpy() for key, value in output.heatmaps.items()}
@@ -208,7 +237,7 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_crops(self, crops: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
-        """Class probabilities for face crops that need no detection (e.g. data-set faces).
+        """Calibrated class probabilities for face crops that need no detection (e.g. data-set faces).
 
         Args:
             crops: (N, H, W) gray or (N, H, W, 3) RGB uint8 faces.
@@ -221,8 +250,27 @@ class Predictor:
         out: dict[str, np.ndarray] = {}
         for name, model in self.models.items():
             chunks = [
-                model(prepare(crops[start : start + batch_size], model.card)).logits.float().softmax(-1).numpy()
+                model.probabilities(model(prepare(crops[start : start + batch_size], model.card)).logits).numpy()
                 for start in range(0, len(crops), batch_size)
             ]
             out[name] = np.concatenate(chunks) if chunks else np.zeros((0, len(EXPRESSIONS)), np.float32)
         return out
+
+
+def _fitted_ensemble_weights(models: dict[str, FerModel]) -> dict[str, float] | None:
+    """The manifest's ensemble weights if they were fitted for exactly these models' weight files, else None."""
+    try:
+        ensemble = load_manifest().get("ensemble")
+    except WeightsError:
+        return None
+    if not ensemble or not models:
+        return None
+    loaded = {name: getattr(model.weights_source, "sha256", None) for name, model in models.items()}
+    if ensemble["sha256"] != loaded:
+        logger.info(
+            "Ensemble weights in the manifest were fitted for %s, not the loaded %s: using the geometric mean",
+            sorted(ensemble["sha256"]),
+            sorted(loaded),
+        )
+        return None
+    return {name: float(weight) for name, weight in ensemble["weights"].items()}

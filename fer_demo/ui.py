@@ -225,7 +225,9 @@ def model_table(predictor: Predictor) -> str:
 
 
 TEACHING = """## How to read the pictures
-- **Probabilities**: each model's softmax over the seven expressions; *ensemble* is their mean.
+- **Probabilities**: each model's softmax over the seven expressions, calibrated by temperature scaling on FER2013
+  PublicTest (so "80 %" is right about 80 % of the time there); *ensemble* pools them, each model weighted by how
+  much it adds to the others on PublicTest.
 - **Generated neutral (IDFERM, GCNet)**: the generator's guess of the same person with a neutral face. IDFERM
   pushes the expression embedding of the photo *away* from the embedding of this reference (radial metric
   learning), GCNet classifies the *difference* between the two encodings. What stays the same in both images

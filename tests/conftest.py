@@ -103,6 +103,11 @@ class FakeHub:
                 self.server.server_close()
 
 
+needs_data = pytest.mark.skipif(
+    not (DEFAULT_DATA_DIR / "fer2013.npz").is_file(),
+    reason=f"shared data sets not found at {DEFAULT_DATA_DIR} (they live outside the repository)",
+)
+
 requires_pairs_data = pytest.mark.skipif(
     not all((DEFAULT_DATA_DIR / f"{name}.npz").is_file() for name in PAIR_SETS),
     reason=f"the pairs data sets ({', '.join(PAIR_SETS)}) are not in {DEFAULT_DATA_DIR}",

@@ -9,10 +9,10 @@ import torch
 from fer_demo.labels import CONTEMPT, EXPRESSIONS
 from fer_demo.models import get_card
 from fer_demo.preprocess import prepare
+from tests.conftest import needs_data
 from training.augment import AugmentConfig, random_similarity
 from training.data import (
     CKPLUS_CLASSES,
-    DEFAULT_DATA_DIR,
     ckplus_folds,
     ferplus_majority,
     identity_probe_split,
@@ -22,11 +22,6 @@ from training.data import (
     load_ferplus,
     prepare_in_chunks,
     to_ckplus_head,
-)
-
-needs_data = pytest.mark.skipif(
-    not (DEFAULT_DATA_DIR / "fer2013.npz").is_file(),
-    reason=f"shared data sets not found at {DEFAULT_DATA_DIR} (they live outside the repository)",
 )
 
 

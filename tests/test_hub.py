@@ -26,6 +26,7 @@ from fer_demo.hub import (
     resolve_weights,
     save_state_dict,
     sha256_file,
+    write_manifest_ensemble,
     write_manifest_entry,
 )
 from tests.conftest import FakeHub
@@ -119,6 +120,7 @@ def test_bundled_round_trip(store: Path, cache_dir: Path, tensors: dict[str, tor
     assert resolved == ResolvedWeights(
         path=store / FILENAME, source=WeightSource.BUNDLED, sha256=sha256_file(store / FILENAME), filename=FILENAME
     )
+    assert resolved.entry == json.loads((store / "manifest.json").read_text())["files"][FILENAME]
 
     state_dict, loaded = load_state_dict(FILENAME, weights_dir=store, offline=True, cache_dir=cache_dir)
     assert loaded == resolved
@@ -139,6 +141,26 @@ def test_written_manifest(store: Path) -> None:
     assert text == json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     assert load_manifest(store) == manifest
     assert sorted(path.name for path in store.iterdir()) == [FILENAME, "manifest.json"]  # no temporary files left
+
+
+def test_ensemble_record_round_trips_and_bad_weights_are_refused(store: Path) -> None:
+    digest = sha256_file(store / FILENAME)
+    written = write_manifest_ensemble({"dacl": 0.8}, {"dacl": digest}, weights_dir=store, fitted_on="PublicTest")
+    assert load_manifest(store)["ensemble"] == written == {
+        "weights": {"dacl": 0.8},
+        "sha256": {"dacl": digest},
+        "fitted_on": "PublicTest",
+    }
+    assert FILENAME in load_manifest(store)["files"]  # the file entries stay
+    with pytest.raises(WeightsError, match="non-negative number"):
+        write_manifest_ensemble({"dacl": -1.0}, {"dacl": digest}, weights_dir=store)
+    with pytest.raises(WeightsError, match="'sha256' must name"):
+        write_manifest_ensemble({"dacl": 1.0}, {}, weights_dir=store)
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["ensemble"]["weights"]["dacl"] = "heavy"
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(WeightsError, match="ensemble: the weight of 'dacl'"):
+        load_manifest(store)
 
 
 def test_write_manifest_entry_refuses_computed_keys(store: Path) -> None:

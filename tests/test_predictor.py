@@ -157,3 +157,20 @@ def test_weights_with_wrong_shapes_name_the_model(tmp_path, use_store):
     predictor = Predictor.load()
     assert "do not fit model 'dacl'" in predictor.unavailable["dacl"]
     assert "ed2l" in predictor.models
+
+
+def test_ensemble_is_a_weighted_log_linear_pool():
+    a, b = np.array([0.7, 0.2, 0.1]), np.array([0.2, 0.2, 0.6])
+    only_a = Predictor({}, detector=object(), ensemble_weights={"a": 1.0, "b": 0.0})
+    assert np.allclose(only_a.ensemble({"a": a, "b": b}), a)
+    equal = Predictor({}, detector=object(), ensemble_weights={"a": 0.5, "b": 0.5})
+    geometric = np.sqrt(a * b)
+    assert np.allclose(equal.ensemble({"a": a, "b": b}), geometric / geometric.sum())
+    assert equal.ensemble({}) is None
+
+
+def test_face_results_carry_the_predictors_ensemble(predictor, group_photo):
+    faces = predictor.predict(group_photo)
+    for face in faces:
+        expected = predictor.ensemble({name: result.probs for name, result in face.results.items()})
+        assert np.allclose(face.ensemble, expected, atol=1e-6)

@@ -13,13 +13,16 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from fer_demo.embedding import ReferenceMap, reference_map_file
-from fer_demo.hub import WeightsError, load_manifest, sha256_file, write_manifest_entry
+from fer_demo.hub import WeightsError, default_weights_dir, load_manifest, sha256_file, write_manifest_entry
 from fer_demo.models import create_model
+from tests.conftest import make_weight_store, needs_data
 from training import export as export_module
 from training.augment import AugmentConfig
+from training.calibrate import fit_pool, fit_temperature
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.data import FaceSet
+from training.data import FaceSet, load_fer2013
 from training.methods import build_recipe
+from training.metrics import expected_calibration_error, negative_log_likelihood
 from training.trainer import fit, init_distributed, learning_rate, load_config, train
 
 METHODS = ("dacl", "ed2l", "baseline")
@@ -218,6 +221,7 @@ def test_export_then_pretrained_load_round_trip(tmp_path, monkeypatch, use_store
     assert {str(value.dtype) for value in exported.values() if value.is_floating_point()} == {f"torch.{entry['dtype']}"}
 
     model = create_model(model_name, pretrained=True)
+    assert model.temperature == entry["calibration"]["temperature"] > 0
     for key, value in model.state_dict().items():
         assert torch.equal(value, exported[key].to(value.dtype)), key
     private = small["PrivateTest"]
@@ -262,3 +266,101 @@ def test_cli_offers_every_method_and_the_generator_pretraining():
     assert args.handler.__name__ == "_pretrain" and args.set == ["pretrain.steps=10"]
     with pytest.raises(SystemExit):
         parser.parse_args(["pretrain", "dacl"])  # only the generative methods have a generator
+
+
+def test_calibration_metrics_on_a_hand_computed_example():
+    probs = np.array([[0.8, 0.2], [0.6, 0.4], [0.1, 0.9]])
+    labels = np.array([0, 1, 1])
+    assert negative_log_likelihood(probs, labels) == pytest.approx(-(np.log(0.8) + np.log(0.4) + np.log(0.9)) / 3)
+    # 15 bins: 0.8 (right) and 0.9 (right) and 0.6 (wrong) fall in three different bins
+    assert expected_calibration_error(probs, labels) == pytest.approx((0.2 + 0.6 + 0.1) / 3)
+
+
+def test_fit_temperature_recovers_the_temperature_labels_were_drawn_with():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 4, (20000, 7))
+    for true_t in (0.5, 3.0):
+        p = torch.as_tensor(logits / true_t).softmax(-1).numpy()
+        labels = (p.cumsum(1) > rng.random((len(p), 1))).argmax(1)
+        assert fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.05)
+
+
+def test_fit_pool_recovers_the_weights_labels_were_drawn_with():
+    rng = np.random.default_rng(1)
+    first, second = rng.normal(0, 2, (2, 20000, 7))
+    p = torch.as_tensor(2.0 * first + 0.5 * second).softmax(-1).numpy()
+    labels = (p.cumsum(1) > rng.random((len(p), 1))).argmax(1)
+    assert fit_pool([first, second], labels) == pytest.approx([2.0, 0.5], rel=0.08)
+
+
+def test_calibrating_several_models_fits_the_ensemble_the_predictor_uses(tmp_path, monkeypatch, use_store):
+    from fer_demo import Predictor
+
+    store = use_store(make_weight_store(tmp_path / "weights", ["dacl", "ed2l"]))
+    small = {split: synthetic_faces(70, seed=i, name=split) for i, split in enumerate(["PublicTest", "PrivateTest"])}
+    monkeypatch.setattr(export_module, "load_fer2013", lambda split, data_dir=None: small[split])
+
+    updated = export_module.calibrate(["dacl", "ed2l"], weights_dir=store)
+    ensemble = load_manifest(store)["ensemble"]
+    assert ensemble == updated["ensemble"] and ensemble["fitted_on"] == "PublicTest"
+    assert ensemble["sha256"] == {name: sha256_file(store / f"{name}.safetensors") for name in ("dacl", "ed2l")}
+    accuracy = ensemble["accuracy"]["PrivateTest"]
+    assert {"pool", "geometric_mean", "dacl", "ed2l"} <= accuracy.keys()
+
+    predictor = Predictor.load()
+    assert predictor.ensemble_weights == pytest.approx(ensemble["weights"])
+    probs = predictor.predict_crops(small["PrivateTest"].images)
+    pooled = predictor.ensemble(probs)
+    assert (pooled.argmax(1) == small["PrivateTest"].labels).mean() == pytest.approx(accuracy["pool"])
+    # weights fitted for other weight files are not used: every model then weighs the same
+    assert Predictor.load(["dacl"]).ensemble_weights == {"dacl": 1.0}
+
+
+def test_calibrate_records_the_temperature_without_touching_the_weights(tmp_path, monkeypatch, use_store):
+    store = use_store(tmp_path / "weights")
+    store.mkdir()
+    torch.manual_seed(0)
+    weights = store / "ed2l.safetensors"
+    save_file(create_model("ed2l").state_dict(), weights)
+    metrics = {"fer2013_private_test": {"accuracy": 0.6, "mean_class_accuracy": 0.5}}
+    write_manifest_entry(weights.name, weights, weights_dir=store, model="ed2l", dtype="float32", metrics=metrics)
+    assert create_model("ed2l", pretrained=True).temperature == 1.0  # nothing recorded yet
+    small = {split: synthetic_faces(70, seed=i, name=split) for i, split in enumerate(["PublicTest", "PrivateTest"])}
+    monkeypatch.setattr(export_module, "load_fer2013", lambda split, data_dir=None: small[split])
+    digest = sha256_file(weights)
+
+    entry = export_module.calibrate(["ed2l"], weights_dir=store)["ed2l"]
+    report = entry["calibration"]
+    assert sha256_file(weights) == digest == entry["sha256"] and entry["metrics"] == metrics
+    assert report["fitted_on"] == "PublicTest" and report["temperature"] > 0
+    nll_raw, nll_scaled = report["PublicTest"]["nll"]
+    assert nll_scaled <= nll_raw  # the fit minimises it on PublicTest
+    model = create_model("ed2l", pretrained=True)
+    assert model.temperature == report["temperature"]
+    logits = torch.randn(4, 7) * 30
+    assert torch.allclose(model.probabilities(logits), (logits / report["temperature"]).softmax(-1))
+
+    save_file({"w": torch.zeros(2)}, weights)  # weights that are not the recorded ones are not calibrated
+    with pytest.raises(WeightsError, match="changed since"):
+        export_module.calibrate(["ed2l"], weights_dir=store)
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["dacl", "ed2l", "idferm", "gcnet"])
+def test_shipped_temperatures_calibrate_held_out_faces(name, use_store):
+    """On PrivateTest faces (T was fitted on PublicTest): lower NLL and ECE, the same predicted classes."""
+    from fer_demo import Predictor
+
+    use_store(default_weights_dir())
+    predictor = Predictor.load([name])
+    model = predictor.models[name]
+    assert model.temperature != 1.0, "the manifest entry has no calibration: run `python -m training calibrate`"
+    faces = load_fer2013("PrivateTest")
+    images, labels = faces.images[::6], faces.labels[::6]
+    probs = predictor.predict_crops(images)[name]
+    logits = export_module.predict_faces(model, images)["logits"]
+    raw = torch.as_tensor(logits).softmax(-1).numpy()
+    assert np.allclose(probs, torch.as_tensor(logits / model.temperature).softmax(-1).numpy(), atol=1e-5)
+    assert (probs.argmax(1) == raw.argmax(1)).all()
+    assert negative_log_likelihood(probs, labels) < negative_log_likelihood(raw, labels)
+    assert expected_calibration_error(probs, labels) < expected_calibration_error(raw, labels)

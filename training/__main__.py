@@ -1,4 +1,4 @@
-"""Command line: ``python -m training {train,evaluate,export} ...`` (see ``training/README.md``)."""
+"""Command line: ``python -m training {pretrain,train,evaluate,export,calibrate} ...`` (see ``training/README.md``)."""
 
 from __future__ import annotations
 
@@ -76,6 +76,16 @@ def _export(args: argparse.Namespace) -> None:
         return
     set_threads(args.threads)
     export(run_dir, weights_dir=args.weights_dir, data_dir=args.data_dir)
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from training.export import calibrate
+    from training.trainer import set_threads
+
+    set_threads(args.threads)
+    updated = calibrate(args.models, weights_dir=args.weights_dir, data_dir=args.data_dir)
+    summary = {name: entry.get("calibration", entry) for name, entry in updated.items()}
+    print(json.dumps(summary, indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,6 +182,21 @@ def build_parser() -> argparse.ArgumentParser:
         "weights already exported from it",
     )
     export.set_defaults(handler=_export)
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="fit the temperature (and, for several models, the ensemble weights) of exported weights on PublicTest",
+        description="Temperature scaling: fit T on FER2013 PublicTest so that softmax(logits / T) is calibrated, "
+        "report NLL and ECE before/after on Public- and PrivateTest, and record T in the manifest entry of "
+        "weights/<model>.safetensors (the file itself is unchanged; `export` fits T too). With several models, also "
+        "fit the weights of the app's ensemble (a log-linear pool of the calibrated probabilities) over them.",
+    )
+    calibrate.add_argument(
+        "models", nargs="+", choices=methods[:-1], help="registered models to calibrate (all four for the ensemble)"
+    )
+    calibrate.add_argument("--weights-dir", type=Path, help="weight store (default weights/ or FER_DEMO_WEIGHTS_DIR)")
+    calibrate.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    calibrate.set_defaults(handler=_calibrate)
     return parser
 
 

@@ -8,10 +8,11 @@ Steps (``python -m training export <model> --run runs/<model>``):
    costs at most `FP16_TOLERANCE` (0.1 point).
 3. Write the weights with `fer_demo.hub.save_state_dict`; re-measure FER2013 Private/PublicTest with the stored
    tensors, as the app will load them.
-4. Build the t-SNE reference map (`training.tsne`) from the stored weights.
-5. Record both files with `fer_demo.hub.write_manifest_entry`: SHA-256, size, dtype, data, config, git commit,
+4. Fit the temperature that calibrates the stored model's probabilities on PublicTest (`training.calibrate`).
+5. Build the t-SNE reference map (`training.tsne`) from the stored weights.
+6. Record both files with `fer_demo.hub.write_manifest_entry`: SHA-256, size, dtype, data, config, git commit,
    the measured metrics (the re-measured FER2013 numbers plus FER+, CK+ 10-fold, cross-data set and the identity
-   probe read from ``<run>/eval/*.json``) and the licence note.
+   probe read from ``<run>/eval/*.json``), the calibration and the licence note.
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ from fer_demo.hub import (
     load_manifest,
     save_state_dict,
     sha256_file,
+    write_manifest_ensemble,
     write_manifest_entry,
 )
 from fer_demo.models import FerModel, get_card
+from training.calibrate import calibration_report, ensemble_report, split_logits
 from training.data import load_fer2013
 from training.evaluate import evaluate_faces, load_trained, model_state, run_config
 from training.inference import predict_faces
@@ -154,14 +157,54 @@ def record_metrics(run_dir: Path, *, weights_dir: Path | None = None) -> dict[st
     run_dir = Path(run_dir)
     weights_dir = Path(weights_dir or default_weights_dir())
     filename = get_card(run_config(run_dir)["model"]).weight_file
+    fields = _exported_fields(filename, weights_dir)
+    fields["metrics"] = {**fields.get("metrics", {}), **eval_metrics(run_dir / "eval")}
+    return write_manifest_entry(filename, weights_dir / filename, weights_dir=weights_dir, **fields)
+
+
+def calibrate(
+    models: list[str], *, weights_dir: Path | None = None, data_dir: Path | None = None
+) -> dict[str, dict[str, Any]]:
+    """Fit the temperature of already exported weights (`training.calibrate`) and record it in their manifest
+    entries; with several models, also fit the ensemble weights over them and record them in the manifest. The
+    weight files and every other field of their entries stay as they are.
+
+    Returns:
+        model name -> its updated manifest entry, plus "ensemble" -> the ensemble record for several models.
+
+    Raises:
+        fer_demo.hub.WeightsError: A model's weights are not in the manifest, or differ from their entry.
+    """
+    weights_dir = Path(weights_dir or default_weights_dir())
+    splits = {split: load_fer2013(split, data_dir) for split in ("PublicTest", "PrivateTest")}
+    labels = {split: faces.labels for split, faces in splits.items()}
+    fields = {name: _exported_fields(get_card(name).weight_file, weights_dir) for name in models}
+    logits, updated = {}, {}
+    for name in models:
+        filename = get_card(name).weight_file
+        logits[name] = split_logits(load_trained(name, weights_dir / filename), splits)
+        fields[name]["calibration"] = calibration_report(logits[name], labels, "PublicTest")
+        updated[name] = write_manifest_entry(filename, weights_dir / filename, weights_dir=weights_dir, **fields[name])
+    if len(models) > 1:
+        temperatures = {name: fields[name]["calibration"]["temperature"] for name in models}
+        report = ensemble_report(logits, temperatures, labels, "PublicTest")
+        updated["ensemble"] = write_manifest_ensemble(
+            report.pop("weights"),
+            {name: updated[name]["sha256"] for name in models},
+            weights_dir=weights_dir,
+            **report,
+        )
+    return updated
+
+
+def _exported_fields(filename: str, weights_dir: Path) -> dict[str, Any]:
+    """The manifest entry of an exported weight file, less its SHA-256 and size, after checking the file."""
     entry = load_manifest(weights_dir)["files"].get(filename)
     if entry is None:
         raise WeightsError(f"{filename} is not in {weights_dir / MANIFEST_NAME}; export the run first")
     if sha256_file(weights_dir / filename) != entry["sha256"]:
         raise WeightsError(f"{weights_dir / filename} changed since it was recorded; export the run again")
-    fields = {key: value for key, value in entry.items() if key not in ("sha256", "size")}
-    fields["metrics"] = {**entry.get("metrics", {}), **eval_metrics(run_dir / "eval")}
-    return write_manifest_entry(filename, weights_dir / filename, weights_dir=weights_dir, **fields)
+    return {key: value for key, value in entry.items() if key not in ("sha256", "size")}
 
 
 def export(
@@ -200,6 +243,10 @@ def export(
     stored = load_trained(config["model"], path, config.get("model_kwargs"))
     private = load_fer2013("PrivateTest", data_dir)
     fer2013 = {"PrivateTest": evaluate_faces(stored, private), "PublicTest": evaluate_faces(stored, public)}
+    splits = {"PublicTest": public, "PrivateTest": private}
+    calibration = calibration_report(
+        split_logits(stored, splits), {name: faces.labels for name, faces in splits.items()}, "PublicTest"
+    )
 
     sample = reference_sample(private.labels)
     embeddings = predict_faces(stored, private.images[sample])["embedding"]
@@ -241,6 +288,7 @@ def export(
         dtype=dtype_check["dtype"],
         dtype_check=dtype_check,
         metrics=metrics,
+        calibration=calibration,
         **provenance,
     )
     write_manifest_entry(

@@ -44,3 +44,21 @@ def summarize(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...]) 
         "classes": list(classes),
         "confusion": matrix.tolist(),
     }
+
+
+def negative_log_likelihood(probs: np.ndarray, y_true: np.ndarray) -> float:
+    """Mean −log p(true class) of (N, C) probabilities (clipped at 1e-12)."""
+    probs, y_true = np.asarray(probs, np.float64), np.asarray(y_true)
+    return float(-np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None)).mean())
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
+    """ECE (Guo et al. 2017): |accuracy − confidence| of equal-width confidence bins, weighted by bin size."""
+    probs, y_true = np.asarray(probs), np.asarray(y_true)
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y_true
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    error = 0.0
+    for b in np.unique(which):
+        in_bin = which == b
+        error += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(error)

@@ -76,12 +76,22 @@ class ModelOutput:
 
 
 class FerModel(nn.Module):
-    """Base class of the four methods: a module with a card whose forward returns a `ModelOutput`."""
+    """Base class of the four methods: a module with a card whose forward returns a `ModelOutput`.
+
+    `temperature` divides the logits before the softmax (`probabilities`). It is 1 for a fresh model; trained
+    weights bring the value fitted on FER2013 PublicTest (temperature scaling, recorded in the weights manifest),
+    which calibrates the probabilities without changing any predicted class.
+    """
 
     card: ModelCard
+    temperature: float = 1.0
 
     def forward(self, x: torch.Tensor) -> ModelOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities: softmax(logits / temperature)."""
+        return (logits.float() / self.temperature).softmax(-1)
 
 
 def normalized_heatmap(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -58,7 +58,8 @@ def create_model(name: str, pretrained: bool = False, **kwargs) -> FerModel:
         **kwargs: Architecture options passed to the builder (e.g. `gated=True` for DACL).
 
     Returns:
-        The model in eval mode when pretrained, with `weights_source` set to where the weights came from.
+        The model in eval mode when pretrained, with `weights_source` set to where the weights came from and
+        `temperature` to the calibration recorded with them.
 
     Raises:
         ValueError: Unknown name.
@@ -81,6 +82,7 @@ def create_model(name: str, pretrained: bool = False, **kwargs) -> FerModel:
                 f"{name!r}: {error}. Re-export them with `python -m training export {name}`."
             ) from error
         model.weights_source = resolved
+        model.temperature = float(resolved.entry.get("calibration", {}).get("temperature", 1.0))
         model.eval()
         logger.info("Loaded %s from %s (%s)", entry.card.weight_file, resolved.source.value, resolved.path)
     return model

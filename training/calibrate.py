@@ -1,0 +1,117 @@
+"""Temperature scaling (Guo et al. 2017): one scalar T per model so that softmax(logits / T) is calibrated.
+
+T is fitted on FER2013 PublicTest (the selection split) by minimising the negative log-likelihood, and checked on
+PrivateTest. It never changes a model's predicted class, only how sure it claims to be, which matters where
+probabilities are shown or averaged: ED²L's AM-softmax logits are s·cos θ with s = 30, so its raw softmax is far
+more confident than it is right, and it would dominate the mean of the models' probabilities (the ensemble).
+T is recorded under ``calibration`` in the weight file's manifest entry; `fer_demo.models.create_model` reads it.
+
+The ensemble the app shows is a log-linear pool of the calibrated probabilities, softmax(sum_m w_m log p_m), whose
+weights are fitted the same way on PublicTest, over all models at once (`ensemble_report`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fer_demo.models import FerModel
+from training.data import FaceSet
+from training.inference import predict_faces
+from training.metrics import expected_calibration_error, negative_log_likelihood
+
+
+def fit_pool(scores: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """Weights w_m >= 0 that minimise the mean cross-entropy of softmax(sum_m w_m scores_m) (L-BFGS on log w).
+
+    Args:
+        scores: One (N, C) array per model: logits, or log-probabilities.
+        labels: (N,) true classes.
+
+    Returns:
+        (M,) weights.
+    """
+    stacked = torch.as_tensor(np.stack(scores), dtype=torch.float64)
+    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    log_w = torch.zeros(len(scores), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_w], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(torch.einsum("m,mnc->nc", log_w.exp(), stacked), labels_t)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return log_w.detach().exp().numpy()
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The T > 0 that minimises the mean cross-entropy of softmax(logits / T) against `labels`."""
+    return float(1 / fit_pool([logits], labels)[0])
+
+
+def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    return torch.as_tensor(logits, dtype=torch.float64).div(temperature).softmax(-1).numpy()
+
+
+def calibration_report(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray], fit_on: str) -> dict[str, Any]:
+    """Fit T on the `fit_on` split; NLL and ECE (15 bins) before and after, on every split.
+
+    Args:
+        logits: split name -> (N, C) logits of one model.
+        labels: split name -> (N,) true classes.
+        fit_on: The split T is fitted on.
+    """
+    temperature = fit_temperature(logits[fit_on], labels[fit_on])
+    report: dict[str, Any] = {"method": "temperature scaling", "fitted_on": fit_on, "temperature": temperature}
+    for split, values in logits.items():
+        raw, scaled = _softmax(values, 1.0), _softmax(values, temperature)
+        report[split] = {
+            "nll": [negative_log_likelihood(raw, labels[split]), negative_log_likelihood(scaled, labels[split])],
+            "ece": [expected_calibration_error(raw, labels[split]), expected_calibration_error(scaled, labels[split])],
+        }
+    return report
+
+
+def ensemble_report(
+    logits: dict[str, dict[str, np.ndarray]], temperatures: dict[str, float], labels: dict[str, np.ndarray], fit_on: str
+) -> dict[str, Any]:
+    """Fit the ensemble weights of `fer_demo.Predictor.ensemble` (a log-linear pool of the calibrated probabilities)
+    on the `fit_on` split; the pool's accuracy, the geometric mean's (equal weights) and each model's, per split.
+
+    Args:
+        logits: model name -> split name -> (N, C) logits.
+        temperatures: model name -> its calibration temperature.
+        labels: split name -> (N,) true classes.
+        fit_on: The split the weights are fitted on.
+    """
+    names = list(logits)
+    log_probs = {
+        name: {split: np.log(_softmax(values, temperatures[name])) for split, values in splits.items()}
+        for name, splits in logits.items()
+    }
+    weights = fit_pool([log_probs[name][fit_on] for name in names], labels[fit_on])
+    accuracy: dict[str, dict[str, float]] = {}
+    for split, y in labels.items():
+        pooled = sum(w * log_probs[name][split] for w, name in zip(weights, names, strict=True))
+        geometric = sum(log_probs[name][split] for name in names)
+        accuracy[split] = {
+            "pool": float((pooled.argmax(1) == y).mean()),
+            "geometric_mean": float((geometric.argmax(1) == y).mean()),
+            **{name: float((log_probs[name][split].argmax(1) == y).mean()) for name in names},
+        }
+    return {
+        "method": "log-linear pool of the calibrated probabilities",
+        "fitted_on": fit_on,
+        "weights": {name: float(w) for name, w in zip(names, weights, strict=True)},
+        "accuracy": accuracy,
+    }
+
+
+def split_logits(model: FerModel, splits: dict[str, FaceSet]) -> dict[str, np.ndarray]:
+    """split name -> (N, C) logits of `model` on that split's faces."""
+    return {split: predict_faces(model, faces.images)["logits"] for split, faces in splits.items()}
