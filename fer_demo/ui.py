@@ -189,10 +189,11 @@ def _percent(value: float | None) -> str:
 def model_table(predictor: Predictor) -> str:
     """Markdown table of every model: status, weight source and the measured metrics recorded in the manifest."""
     try:
-        files = load_manifest()["files"]
+        manifest = load_manifest()
     except WeightsError as error:  # the About tab must render even with a broken manifest
         logger.warning("Manifest unreadable: %s", error)
-        files = {}
+        manifest = {}
+    files = manifest.get("files", {})
     rows = [
         "| model | method | status | weights from | FER2013 PrivateTest | CK+ 10-fold "
         "| identity probe (embedding / softmax baseline / pixels) | neutral reference: rank-1 (chance) |",
@@ -215,12 +216,28 @@ def model_table(predictor: Predictor) -> str:
             + (f"{_percent(rank1)} ({_percent(neutral.get('chance_rank1'))})" if rank1 is not None else "—")
             + " |"
         )
-    return "\n".join(rows) + (
-        "\n\nIdentity probe: accuracy of a linear classifier that recognises the CK+ subject from the embedding, "
-        "trained on some of each subject's sequences and tested on the others (lower = less identity kept). "
-        "Neutral reference: on subjects held out of the generator's training, how often the generated neutral face "
-        "is closest (by an identity network trained on CK+) to the subject's own real neutral face among all "
-        "held-out subjects' neutral faces."
+    return (
+        "\n".join(rows)
+        + _ensemble_note(predictor, manifest.get("ensemble"))
+        + (
+            "\n\nIdentity probe: accuracy of a linear classifier that recognises the CK+ subject from the embedding, "
+            "trained on some of each subject's sequences and tested on the others (lower = less identity kept). "
+            "Neutral reference: on subjects held out of the generator's training, how often the generated neutral face "
+            "is closest (by an identity network trained on CK+) to the subject's own real neutral face among all "
+            "held-out subjects' neutral faces."
+        )
+    )
+
+
+def _ensemble_note(predictor: Predictor, ensemble: dict | None) -> str:
+    weights = ", ".join(f"{name} {weight:.2f}" for name, weight in predictor.ensemble_weights.items())
+    if not ensemble or predictor.ensemble_weights != ensemble["weights"]:
+        return f"\n\nEnsemble: geometric mean of the loaded models' calibrated probabilities ({weights})."
+    accuracy = ensemble["accuracy"]["PrivateTest"]
+    best = max((name for name in ensemble["weights"]), key=lambda name: accuracy[name])
+    return (
+        f"\n\nEnsemble: the calibrated probabilities pooled with weights fitted on FER2013 PublicTest ({weights}); "
+        f"PrivateTest accuracy {_percent(accuracy['pool'])}, best single model ({best}) {_percent(accuracy[best])}."
     )
 
 

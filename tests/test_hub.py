@@ -146,11 +146,15 @@ def test_written_manifest(store: Path) -> None:
 def test_ensemble_record_round_trips_and_bad_weights_are_refused(store: Path) -> None:
     digest = sha256_file(store / FILENAME)
     written = write_manifest_ensemble({"dacl": 0.8}, {"dacl": digest}, weights_dir=store, fitted_on="PublicTest")
-    assert load_manifest(store)["ensemble"] == written == {
-        "weights": {"dacl": 0.8},
-        "sha256": {"dacl": digest},
-        "fitted_on": "PublicTest",
-    }
+    assert (
+        load_manifest(store)["ensemble"]
+        == written
+        == {
+            "weights": {"dacl": 0.8},
+            "sha256": {"dacl": digest},
+            "fitted_on": "PublicTest",
+        }
+    )
     assert FILENAME in load_manifest(store)["files"]  # the file entries stay
     with pytest.raises(WeightsError, match="non-negative number"):
         write_manifest_ensemble({"dacl": -1.0}, {"dacl": digest}, weights_dir=store)

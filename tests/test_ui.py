@@ -143,3 +143,19 @@ def test_about_table_reads_the_manifest_metrics(tmp_path, use_store):
     assert "10.0% / 20.0% / 90.0%" in row and "35.0% (5.9%)" in row
     dacl = next(line for line in model_table(Predictor.load(["gcnet"])).splitlines() if line.startswith("| `dacl`"))
     assert "no trained weights yet" in dacl
+    assert "Ensemble: geometric mean of the loaded models' calibrated probabilities (gcnet 1.00)" in model_table(
+        Predictor.load(["gcnet"])
+    )
+
+
+def test_about_tab_reports_the_fitted_ensemble(tmp_path, use_store):
+    from fer_demo.hub import sha256_file, write_manifest_ensemble
+    from fer_demo.ui import model_table
+
+    store = use_store(make_weight_store(tmp_path / "weights", ["dacl", "ed2l"]))
+    hashes = {name: sha256_file(store / f"{name}.safetensors") for name in ("dacl", "ed2l")}
+    accuracy = {"pool": 0.614, "geometric_mean": 0.59, "dacl": 0.612, "ed2l": 0.572}
+    write_manifest_ensemble({"dacl": 0.9, "ed2l": 0.1}, hashes, weights_dir=store, accuracy={"PrivateTest": accuracy})
+    text = model_table(Predictor.load(["dacl", "ed2l"]))
+    assert "weights fitted on FER2013 PublicTest (dacl 0.90, ed2l 0.10); PrivateTest accuracy 61.4%" in text
+    assert "best single model (dacl) 61.2%" in text
