@@ -234,7 +234,7 @@ def _ensemble_note(predictor: Predictor, ensemble: dict | None) -> str:
     if not ensemble or predictor.ensemble_weights != ensemble["weights"]:
         return f"\n\nEnsemble: geometric mean of the loaded models' calibrated probabilities ({weights})."
     accuracy = ensemble["accuracy"]["PrivateTest"]
-    best = max((name for name in ensemble["weights"]), key=lambda name: accuracy[name])
+    best = max(ensemble["weights"], key=lambda name: accuracy[name])
     return (
         f"\n\nEnsemble: the calibrated probabilities pooled with weights fitted on FER2013 PublicTest ({weights}); "
         f"PrivateTest accuracy {_percent(accuracy['pool'])}, best single model ({best}) {_percent(accuracy[best])}."
