@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 
 import numpy as np
 import pytest
@@ -200,13 +201,19 @@ def _fake_run(folder, method: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["dacl", "ed2l"])
 def test_export_then_pretrained_load_round_trip(tmp_path, monkeypatch, use_store, model_name):
-    run, store = tmp_path / "run", use_store(tmp_path / "weights")
+    repo = tmp_path / "repo"  # a clean checkout that holds the weight store, as this repository does
+    repo.mkdir()
+    for command in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "start"]):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *command], cwd=repo, check=True)
+    run, store = tmp_path / "run", use_store(repo / "weights")
     _fake_run(run, model_name)
     small = {
         split: synthetic_faces(120, seed=seed, name=split) for seed, split in enumerate(["PublicTest", "PrivateTest"])
     }
     monkeypatch.setattr(export_module, "load_fer2013", lambda split, data_dir=None: small[split])
-    entry = export_module.export(run, weights_dir=store)
+    entry = export_module.export(run, weights_dir=store, repo=repo)
+    assert entry["git_dirty"] is False  # the files the export writes do not make the source look modified
+    assert entry["config"]["overrides"] == {"epochs": 1, "batch_size": 8, "eval_batch_size": 16}
 
     path = store / f"{model_name}.safetensors"
     assert entry["sha256"] == sha256_file(path) and entry["size"] == path.stat().st_size
@@ -232,6 +239,18 @@ def test_export_then_pretrained_load_round_trip(tmp_path, monkeypatch, use_store
     assert reference.coords.shape == (len(reference.labels), 2)
     new = export_module.predict_faces(model, private.images[:3])["embedding"]
     assert reference.place(new).shape == (3, 2)
+
+
+def test_config_overrides_name_every_value_that_differs_from_the_named_config():
+    config = small_config("dacl", init="weights/dacl.safetensors")
+    config["optimizer"] = {**config["optimizer"], "lr": 0.02}
+    assert export_module.config_overrides(config) == {
+        "epochs": 1,
+        "batch_size": 8,
+        "eval_batch_size": 16,
+        "init": "weights/dacl.safetensors",
+        "optimizer.lr": 0.02,
+    }
 
 
 def test_metrics_only_adds_later_protocols_to_the_exported_entry(tmp_path):

@@ -44,6 +44,7 @@ from training.data import load_fer2013
 from training.evaluate import evaluate_faces, load_trained, model_state, run_config
 from training.inference import predict_faces
 from training.pairs import PAIR_SETS, resolve
+from training.trainer import load_config
 from training.tsne import PERPLEXITY, build_reference_map, reference_sample
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,20 @@ def git_commit(repo: Path) -> dict[str, Any]:
         return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain"))}
     except (OSError, subprocess.CalledProcessError):
         return {"git_commit": None, "git_dirty": None}
+
+
+def config_overrides(config: dict[str, Any]) -> dict[str, Any]:
+    """The values of a run's config that differ from its named config in ``configs/<method>.json`` (``--set``,
+    ``--epochs``, ``--threads``, ``--init``), as dotted keys."""
+
+    def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    run, named = flat(config), flat(load_config(config["method"], config["config_name"]))
+    return {key: value for key, value in run.items() if named.get(key, object()) != value}
 
 
 def _headline(report: dict) -> dict[str, float]:
@@ -227,6 +242,7 @@ def export(
     """
     run_dir = Path(run_dir)
     weights_dir = Path(weights_dir or default_weights_dir())
+    source = git_commit(repo or Path(__file__).resolve().parent.parent)  # before this export changes weights/
     config = run_config(run_dir)
     best = json.loads((run_dir / "best.json").read_text(encoding="utf-8"))
     model = load_trained(config["model"], run_dir / "best.safetensors", config.get("model_kwargs"))
@@ -275,8 +291,9 @@ def export(
             "epochs": config["epochs"],
             "best_epoch": best["epoch"],
             "file": f"training/configs/{config['method']}.json",
+            "overrides": config_overrides(config),
         },
-        **git_commit(repo or Path(__file__).resolve().parent.parent),
+        **source,
         "license": LICENSE_NOTE,
     }
     metrics = collect_metrics(run_dir / "eval", fer2013, neutral)
