@@ -6,11 +6,12 @@ A reference map is a safetensors file `<model>.tsne.safetensors` (written by `py
     coords: (M, 2) float32 their t-SNE coordinates;
     labels: (M,) int64 expression index of each reference face;
     perplexity: () float64 the perplexity of the reference affinities;
-and free-form string metadata in the header (data set, openTSNE parameters).
+and how the map was made (data set, openTSNE parameters) as one JSON string in the header.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from pathlib import Path
@@ -44,14 +45,15 @@ def reference_map_file(model: str) -> str:
 def save_reference_map(
     path: Path, embeddings: np.ndarray, coords: np.ndarray, labels: np.ndarray, perplexity: float, **metadata: str
 ) -> None:
-    """Write a reference map (see the module docstring) atomically."""
+    """Write a reference map (see the module docstring) atomically; `metadata` (how the map was made) goes into the
+    header as one sorted JSON string under ``"map"``, so the same map always gives the same bytes."""
     tensors = {
         "embeddings": torch.from_numpy(np.ascontiguousarray(embeddings, np.float32)),
         "coords": torch.from_numpy(np.ascontiguousarray(coords, np.float32)),
         "labels": torch.from_numpy(np.ascontiguousarray(labels, np.int64)),
         "perplexity": torch.tensor(float(perplexity), dtype=torch.float64),
     }
-    save_state_dict(tensors, path, {key: str(value) for key, value in metadata.items()})
+    save_state_dict(tensors, path, {"map": json.dumps(metadata, sort_keys=True)} if metadata else None)
 
 
 class ReferenceMap:

@@ -276,8 +276,17 @@ def save_state_dict(state_dict: dict[str, torch.Tensor], path: Path, metadata: d
     Args:
         state_dict: Contiguous tensors that do not share memory, as `safetensors.torch.save_file` requires.
         path: Destination file; its folder is created if needed.
-        metadata: String key/values stored in the safetensors header.
+        metadata: At most one string key/value stored in the safetensors header (safetensors writes several keys
+            in an order that changes from process to process, so the same tensors would get another SHA-256).
+
+    Raises:
+        ValueError: More than one metadata key.
     """
+    if metadata and len(metadata) > 1:
+        raise ValueError(
+            f"save_state_dict stores at most one metadata key (got {sorted(metadata)}): with more, "
+            "the file's bytes and SHA-256 would change between runs; record the rest in the manifest."
+        )
     _write_atomically(Path(path), lambda tmp: save_file(state_dict, tmp, metadata=metadata))
 
 

@@ -6,6 +6,8 @@ import hashlib
 import json
 import logging
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,6 +127,19 @@ def test_bundled_round_trip(store: Path, cache_dir: Path, tensors: dict[str, tor
     state_dict, loaded = load_state_dict(FILENAME, weights_dir=store, offline=True, cache_dir=cache_dir)
     assert loaded == resolved
     assert_same_tensors(state_dict, tensors)
+
+
+def test_saved_weights_are_byte_identical_across_processes(tmp_path: Path) -> None:
+    code = (
+        "import sys, torch; from pathlib import Path; from fer_demo.hub import save_state_dict; "
+        "save_state_dict({'b': torch.arange(4.0), 'a': torch.ones(2, 3).half()}, Path(sys.argv[1]), {'format': 'pt'})"
+    )
+    paths = [tmp_path / f"{i}.safetensors" for i in range(3)]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True, cwd=Path(__file__).resolve().parent.parent)
+    assert len({sha256_file(path) for path in paths}) == 1
+    with pytest.raises(ValueError, match="at most one metadata key"):
+        save_state_dict({"x": torch.ones(1)}, tmp_path / "x.safetensors", {"format": "pt", "model": "dacl"})
 
 
 def test_written_manifest(store: Path) -> None:

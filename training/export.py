@@ -255,7 +255,7 @@ def export(
     state, dtype_check = choose_dtype(model, state, public)
 
     path = weights_dir / model.card.weight_file
-    save_state_dict(state, path, metadata={"model": name, "dtype": dtype_check["dtype"], "format": "pt"})
+    save_state_dict(state, path, metadata={"format": "pt"})  # model and dtype are in the manifest entry
     stored = load_trained(config["model"], path, config.get("model_kwargs"))
     private = load_fer2013("PrivateTest", data_dir)
     fer2013 = {"PrivateTest": evaluate_faces(stored, private), "PublicTest": evaluate_faces(stored, public)}
