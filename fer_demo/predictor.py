@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fer_demo.ensemble import log_linear_pool
 from fer_demo.faces import Face, FaceDetector, load_image
 from fer_demo.hub import ResolvedWeights, WeightsError, load_manifest
 from fer_demo.labels import EXPRESSIONS
@@ -158,12 +159,7 @@ class Predictor:
         Returns:
             (..., 7) probabilities, or None when `probs` is empty.
         """
-        if not probs:
-            return None
-        scores = sum(self.ensemble_weights[name] * np.log(np.maximum(p, 1e-12)) for name, p in probs.items())
-        scores = scores - scores.max(axis=-1, keepdims=True)
-        pooled = np.exp(scores)
-        return (pooled / pooled.sum(axis=-1, keepdims=True)).astype(np.float32)
+        return log_linear_pool(probs, self.ensemble_weights)
 
     @property
     def sources(self) -> dict[str, ResolvedWeights | None]:

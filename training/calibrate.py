@@ -6,8 +6,9 @@ probabilities are shown or averaged: ED²L's AM-softmax logits are s·cos θ wit
 more confident than it is right, and it would dominate the mean of the models' probabilities (the ensemble).
 T is recorded under ``calibration`` in the weight file's manifest entry; `fer_demo.models.create_model` reads it.
 
-The ensemble the app shows is a log-linear pool of the calibrated probabilities, softmax(sum_m w_m log p_m), whose
-weights are fitted the same way on PublicTest, over all models at once (`ensemble_report`).
+The ensemble the app shows is a log-linear pool of the calibrated probabilities (`fer_demo.ensemble`), whose weights
+are fitted the same way on PublicTest, over all models at once, and measured with that same function
+(`ensemble_report`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fer_demo.ensemble import log_linear_pool
 from fer_demo.models import FerModel
 from training.data import FaceSet
 from training.inference import predict_faces
@@ -89,25 +91,22 @@ def ensemble_report(
         labels: split name -> (N,) true classes.
         fit_on: The split the weights are fitted on.
     """
-    names = list(logits)
-    log_probs = {
-        name: {split: np.log(_softmax(values, temperatures[name])) for split, values in splits.items()}
-        for name, splits in logits.items()
-    }
-    weights = fit_pool([log_probs[name][fit_on] for name in names], labels[fit_on])
+    probs = {split: {name: _softmax(by[split], temperatures[name]) for name, by in logits.items()} for split in labels}
+    fitted = fit_pool([np.log(p) for p in probs[fit_on].values()], labels[fit_on])
+    weights = {name: float(w) for name, w in zip(logits, fitted, strict=True)}
+    equal = {name: 1 / len(logits) for name in logits}
     accuracy: dict[str, dict[str, float]] = {}
     for split, y in labels.items():
-        pooled = sum(w * log_probs[name][split] for w, name in zip(weights, names, strict=True))
-        geometric = sum(log_probs[name][split] for name in names)
-        accuracy[split] = {
-            "pool": float((pooled.argmax(1) == y).mean()),
-            "geometric_mean": float((geometric.argmax(1) == y).mean()),
-            **{name: float((log_probs[name][split].argmax(1) == y).mean()) for name in names},
+        candidates = {
+            "pool": log_linear_pool(probs[split], weights),
+            "geometric_mean": log_linear_pool(probs[split], equal),
+            **probs[split],
         }
+        accuracy[split] = {name: float((p.argmax(1) == y).mean()) for name, p in candidates.items()}
     return {
         "method": "log-linear pool of the calibrated probabilities",
         "fitted_on": fit_on,
-        "weights": {name: float(w) for name, w in zip(names, weights, strict=True)},
+        "weights": weights,
         "accuracy": accuracy,
     }
 
