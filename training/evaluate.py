@@ -94,8 +94,12 @@ def run_config(run_dir: Path) -> dict[str, Any]:
 
 def evaluate_faces(model: FerModel, faces, classes: tuple[str, ...] = EXPRESSIONS) -> dict:
     """Accuracy, mean per-class accuracy and confusion of a model on a `FaceSet` (argmax of the logits)."""
-    predictions = predict_faces(model, faces.images)["logits"].argmax(1)
-    report = summarize(faces.labels, predictions, classes)
+    return logits_report(faces, predict_faces(model, faces.images)["logits"], classes)
+
+
+def logits_report(faces, logits: np.ndarray, classes: tuple[str, ...] = EXPRESSIONS) -> dict:
+    """`evaluate_faces` from a model's (N, C) logits on `faces`, already computed."""
+    report = summarize(faces.labels, logits.argmax(1), classes)
     report["data"] = faces.name
     return report
 

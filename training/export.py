@@ -41,7 +41,7 @@ from fer_demo.hub import (
 from fer_demo.models import FerModel, get_card
 from training.calibrate import calibration_report, ensemble_report, split_logits
 from training.data import load_fer2013
-from training.evaluate import evaluate_faces, load_trained, model_state, run_config
+from training.evaluate import evaluate_faces, load_trained, logits_report, model_state, run_config
 from training.inference import predict_faces
 from training.pairs import PAIR_SETS, resolve
 from training.trainer import load_config
@@ -258,11 +258,10 @@ def export(
     save_state_dict(state, path, metadata={"format": "pt"})  # model and dtype are in the manifest entry
     stored = load_trained(config["model"], path, config.get("model_kwargs"))
     private = load_fer2013("PrivateTest", data_dir)
-    fer2013 = {"PrivateTest": evaluate_faces(stored, private), "PublicTest": evaluate_faces(stored, public)}
-    splits = {"PublicTest": public, "PrivateTest": private}
-    calibration = calibration_report(
-        split_logits(stored, splits), {name: faces.labels for name, faces in splits.items()}, "PublicTest"
-    )
+    splits = {"PrivateTest": private, "PublicTest": public}
+    logits = split_logits(stored, splits)  # one pass per split serves both the reports and the calibration
+    fer2013 = {split: logits_report(faces, logits[split]) for split, faces in splits.items()}
+    calibration = calibration_report(logits, {split: faces.labels for split, faces in splits.items()}, "PublicTest")
 
     sample = reference_sample(private.labels)
     embeddings = predict_faces(stored, private.images[sample])["embedding"]
