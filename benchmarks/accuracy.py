@@ -1,10 +1,10 @@
 """Accuracy of every fer-demo model, their ensemble and the peer packages on the same data-set faces.
 
 Ours: `Predictor.predict_crops` (the path of the app and of the manifest numbers) on each set; the ensemble is
-`Predictor.ensemble` of the models' probabilities, as the app shows it. CK+ 10-fold (fine-tuned per fold) numbers are read from the weight manifest,
-where `python -m training export` records them. Peers: each runner classifies the same crops in its own environment
-(see `benchmarks.peers`); its class names are mapped to ours by name, and a class it lacks is reported, its faces
-counted as errors.
+`Predictor.ensemble` of the models' probabilities, as the app shows it. CK+ 10-fold (fine-tuned per fold) numbers
+are read from the weight manifest, where `python -m training export` records them. Peers: each runner classifies
+the same crops in its own environment (see `benchmarks.peers`); its class names are mapped to ours by name, and a
+class it lacks is reported, its faces counted as errors.
 
 Metrics per set: accuracy, mean per-class accuracy, per-class accuracy and the confusion matrix (rows: true class
 in `training.data.CLASSES`, columns: predicted class).
