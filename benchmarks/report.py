@@ -391,8 +391,9 @@ def latency_figure(result: dict[str, Any]) -> go.Figure:
 
 
 def write_figure(figure: go.Figure, path: Path) -> None:
-    """HTML (plotly.js from its CDN) and, when kaleido can export, PNG."""
-    figure.write_html(path.with_suffix(".html"), include_plotlyjs="cdn")
+    """HTML (plotly.js from its CDN) and, when kaleido can export, PNG. The plot's element id is the file's stem
+    (plotly would draw a random one), so regenerating a figure from the same result gives the same bytes."""
+    figure.write_html(path.with_suffix(".html"), include_plotlyjs="cdn", div_id=path.stem)
     try:
         figure.write_image(path.with_suffix(".png"), scale=1.5)
     except Exception as error:  # kaleido missing or without a browser: HTML only
