@@ -209,7 +209,7 @@ class Predictor:
     def _run(self, name: str, crops: np.ndarray) -> list[ModelResult]:
         model = self.models[name]
         started = time.perf_counter()
-        output = model(prepare(crops, model.card))
+        output = model.infer(prepare(crops, model.card))
         self._seconds[name] = time.perf_counter() - started
         probs = model.probabilities(output.logits).numpy()
         embedding = output.embedding.float().numpy()
@@ -246,7 +246,7 @@ class Predictor:
         out: dict[str, np.ndarray] = {}
         for name, model in self.models.items():
             chunks = [
-                model.probabilities(model(prepare(crops[start : start + batch_size], model.card)).logits).numpy()
+                model.probabilities(model.infer(prepare(crops[start : start + batch_size], model.card)).logits).numpy()
                 for start in range(0, len(crops), batch_size)
             ]
             out[name] = np.concatenate(chunks) if chunks else np.zeros((0, len(EXPRESSIONS)), np.float32)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 import torch
 from torch import nn
@@ -137,6 +139,29 @@ def test_idferm_gradients_reach_generator_discriminator_rml_and_distance():
     loss = nn.functional.cross_entropy(out.logits, target) + 2 * inside + outside + fake.mean()
     loss.backward()
     _assert_all(_grad_groups(model, ["generator", "discriminator", "rml", "distance"]))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_infer_averages_the_logits_over_the_mirror_image_where_the_card_asks(name):
+    model = create_model(name).eval()
+    x = _input(name, batch=2)
+    with torch.no_grad():
+        inferred, plain, mirrored = model.infer(x), model(x), model(x.flip(-1))
+    expected = (plain.logits + mirrored.logits) / 2 if model.card.flip_average else plain.logits
+    torch.testing.assert_close(inferred.logits, expected, rtol=1e-4, atol=1e-5)
+    assert type(inferred) is type(plain)
+    for field in fields(plain):  # every other output is the face as given, one row per face
+        if field.name == "logits":
+            continue
+        ours, theirs = getattr(inferred, field.name), getattr(plain, field.name)
+        if isinstance(theirs, dict):
+            assert ours.keys() == theirs.keys()
+            for key in theirs:
+                torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-5)
+        elif theirs is None:
+            assert ours is None
+        else:
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
 def test_idferm_inference_embeds_query_and_reference_in_one_pass_with_two_pass_outputs():

@@ -11,7 +11,7 @@ from training.data import prepare_in_chunks
 
 @torch.no_grad()
 def forward_batches(model: FerModel, inputs: torch.Tensor, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Run `model` in eval mode over prepared inputs and gather its outputs.
+    """Run `model` in eval mode (`FerModel.infer`, as the app does) over prepared inputs and gather its outputs.
 
     Args:
         model: Any `FerModel`.
@@ -26,7 +26,7 @@ def forward_batches(model: FerModel, inputs: torch.Tensor, batch_size: int = 256
     device = next(model.parameters()).device
     gathered: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(inputs), batch_size):
-        out: ModelOutput = model(inputs[start : start + batch_size].to(device))
+        out: ModelOutput = model.infer(inputs[start : start + batch_size].to(device))
         fields = {
             "logits": out.logits,
             "embedding": out.embedding,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import nn
@@ -26,6 +26,7 @@ class ModelCard:
         equalize: Contrast normalisation applied to the grayscale face before scaling: "clahe", "hist" or None.
         embedding_dim: Size of the expression embedding the model returns.
         color: Whether the network was trained on colour; gray-trained 3-channel models see gray replicated.
+        flip_average: At test time (`FerModel.infer`) average the logits over the face and its mirror image.
         classes: Output class order.
         license: Licence of the code and of the weights trained by this project.
         notes: Where the implementation departs from the paper, and why.
@@ -42,6 +43,7 @@ class ModelCard:
     equalize: str | None
     embedding_dim: int
     color: bool = False
+    flip_average: bool = False
     classes: tuple[str, ...] = EXPRESSIONS
     license: str = "MIT (code); weights trained on research-only data, non-commercial use"
     notes: str = ""
@@ -89,9 +91,30 @@ class FerModel(nn.Module):
     def forward(self, x: torch.Tensor) -> ModelOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def infer(self, x: torch.Tensor) -> ModelOutput:
+        """The test-time forward pass: `forward`, with the logits averaged over `x` and its mirror image when the
+        card asks for it (`ModelCard.flip_average`). Every other output is that of `x` as given."""
+        if not self.card.flip_average:
+            return self(x)
+        both = self(torch.cat([x, x.flip(-1)]))
+        return replace(_first_rows(both, len(x)), logits=(both.logits[: len(x)] + both.logits[len(x) :]) / 2)
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities: softmax(logits / temperature)."""
         return (logits.float() / self.temperature).softmax(-1)
+
+
+def _first_rows(output: ModelOutput, rows: int) -> ModelOutput:
+    """`output` restricted to its first `rows` samples (every tensor field, and every tensor of a dict field)."""
+    kept = {}
+    for item in fields(output):
+        value = getattr(output, item.name)
+        if isinstance(value, torch.Tensor):
+            value = value[:rows]
+        elif isinstance(value, dict):
+            value = {key: tensor[:rows] for key, tensor in value.items()}
+        kept[item.name] = value
+    return replace(output, **kept)
 
 
 def normalized_heatmap(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -142,6 +142,7 @@ DACL_CARD = ModelCard(
     mean=(0.5, 0.5, 0.5),
     std=(0.25, 0.25, 0.25),
     equalize=None,
+    flip_average=True,
     embedding_dim=FEATURE_DIM,
     notes=_NOTES,
 )

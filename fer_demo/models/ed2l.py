@@ -166,6 +166,7 @@ ED2L_CARD = ModelCard(
     mean=(0.5,),
     std=(0.25,),
     equalize=None,
+    flip_average=True,
     embedding_dim=FEATURE_DIM,
     notes=_NOTES,
 )
