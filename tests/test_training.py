@@ -387,3 +387,28 @@ def test_shipped_temperatures_calibrate_held_out_faces(name, use_store):
     assert nll[0] <= nll[1] + 0.01 and ece[0] <= ece[1] + 0.01
     if name == "ed2l":
         assert model.temperature > 2 and nll[0] < nll[1] - 0.3 and ece[0] < ece[1] / 2
+
+
+@needs_data
+def test_ckplus_folds_are_reused_only_for_the_same_weights_and_settings(tmp_path, monkeypatch):
+    """A stored fold is reused when nothing it depends on changed, and fine-tuned again when the recipe did."""
+    from training import evaluate as evaluate_module
+
+    config = small_config("dacl")
+    config["finetune"] = {**config["finetune"], "epochs": 0}  # the FER2013 head as fine-tuned for zero epochs
+    tensors = build_recipe(config).state_tensors()
+    first = evaluate_module.ckplus_cross_validation(config, tensors, tmp_path, n_splits=2)
+    stored = json.loads((tmp_path / "fold_00.json").read_text())
+    assert stored["signature"] == evaluate_module.fold_signature(config, tensors, 2, 0)
+    assert stored["signature"]["flip_average"] is True
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished fold with the same signature was fine-tuned again")
+
+    monkeypatch.setattr(evaluate_module, "fit", refuse)
+    again = evaluate_module.ckplus_cross_validation(config, tensors, tmp_path, n_splits=2)
+    assert again["fold_accuracy"] == first["fold_accuracy"]
+
+    changed = {**config, "finetune": {**config["finetune"], "batch_size": 16}}
+    with pytest.raises(AssertionError, match="fine-tuned again"):
+        evaluate_module.ckplus_cross_validation(changed, tensors, tmp_path, n_splits=2)

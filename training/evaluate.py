@@ -11,7 +11,8 @@ Protocols (each writes ``<run>/eval/<protocol>.json`` and, where it has one, a c
   FER2013 weights are fine-tuned on the other nine folds with the method's own recipe and ``finetune`` settings;
   the 7-way FER2013 head is replaced by a 7-way head over `training.data.CKPLUS_CLASSES` whose six basic rows
   start from the FER2013 rows and whose contempt row starts fresh (DACL's class centers likewise). Predictions of
-  the ten test folds are pooled into one confusion matrix. Each fold is stored, so an interrupted run resumes.
+  the ten test folds are pooled into one confusion matrix. Each fold is stored with what it depends on
+  (`fold_signature`), so an interrupted run resumes and a changed one fine-tunes again.
 - ``probe``: identity leakage. A logistic regression predicts the CK+ subject from a frozen embedding; it is fitted
   on alternate sequences of every subject with at least two sequences and tested on that subject's other
   sequences (other expressions). Reported for the model's expression embedding, the softmax baseline's embedding
@@ -22,6 +23,7 @@ Protocols (each writes ``<run>/eval/<protocol>.json`` and, where it has one, a c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -30,13 +32,13 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from fer_demo.labels import EXPRESSIONS
-from fer_demo.models import FerModel, create_model
+from fer_demo.models import FerModel, create_model, get_card
 from training.augment import AugmentConfig
 from training.checkpoint import write_json
 from training.data import (
@@ -158,6 +160,20 @@ def identity_probe(model: FerModel, baseline: FerModel | None = None, data_dir: 
     return results
 
 
+def fold_signature(config: dict[str, Any], fer_tensors: dict[str, torch.Tensor], n_splits: int, seed: int) -> dict:
+    """What a stored CK+ fold result depends on besides its fold: the starting weights, the fine-tuning recipe, the
+    augmentation, the test-time view (`ModelCard.flip_average`) and the fold assignment."""
+    signature = {
+        "weights_sha256": hashlib.sha256(save(fer_tensors)).hexdigest(),
+        "finetune": config["finetune"],
+        "augment": config.get("augment"),
+        "flip_average": get_card(config["model"]).flip_average,
+        "n_splits": n_splits,
+        "seed": seed,
+    }
+    return json.loads(json.dumps(signature))  # the form it takes in a fold file
+
+
 def ckplus_cross_validation(
     config: dict[str, Any],
     fer_tensors: dict[str, torch.Tensor],
@@ -172,7 +188,8 @@ def ckplus_cross_validation(
     Args:
         config: The method config; its ``finetune`` entry sets epochs, batch size, optimizer and schedule.
         fer_tensors: FER2013 training state (``best.safetensors`` of the run).
-        fold_dir: Folder of the per-fold results (``fold_XX.json``); finished folds are reused.
+        fold_dir: Folder of the per-fold results (``fold_XX.json``); a finished fold is reused when its
+            `fold_signature` matches, and run again otherwise.
         data_dir: Folder of the shared data sets.
         n_splits: Number of folds.
         seed: Seed of the fold assignment and of the fine-tuning.
@@ -187,13 +204,16 @@ def ckplus_cross_validation(
     fold_accuracy = []
     card = None
     inputs = None
+    signature = fold_signature(config, fer_tensors, n_splits, seed)
     for fold, (train, test) in enumerate(ckplus_folds(faces, n_splits, seed)):
         path = Path(fold_dir) / f"fold_{fold:02d}.json"
         if path.is_file():
             done = json.loads(path.read_text(encoding="utf-8"))
-            predictions[done["test"]] = done["predictions"]
-            fold_accuracy.append(done["accuracy"])
-            continue
+            if done.get("signature") == signature:
+                predictions[done["test"]] = done["predictions"]
+                fold_accuracy.append(done["accuracy"])
+                continue
+            logger.warning("%s was made with other weights or settings; fine-tuning that fold again", path)
         torch.manual_seed(seed + fold)
         recipe = build_recipe(config)
         recipe.load_state_tensors(fer_tensors)
@@ -223,6 +243,7 @@ def ckplus_cross_validation(
                 "predictions": fold_predictions.tolist(),
                 "accuracy": accuracy,
                 "subjects": sorted(set(faces.subjects[test].tolist())),
+                "signature": signature,
             },
             path,
         )
