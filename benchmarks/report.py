@@ -235,15 +235,16 @@ def cards_section() -> str:
     lines = [
         "### Architecture and input (from `fer_demo.models.get_card`)",
         "",
-        "| model | paper | input (H×W×C) | contrast | mean / std | embedding | departures from the paper |",
-        "|---|---|---|---|---|---|---|",
+        "| model | paper | input (H×W×C) | contrast | mean / std | test time | embedding | departures from the paper |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in list_models():
         card = get_card(name)
         height, width = card.input_size
         lines.append(
             f"| `{name}` | [{card.paper}]({card.url}) | {height}×{width}×{card.channels} | {card.equalize or 'none'} | "
-            f"{card.mean[0]} / {card.std[0]} | {card.embedding_dim} | {card.notes} |"
+            f"{card.mean[0]} / {card.std[0]} | {'face + mirror, logits averaged' if card.flip_average else 'face'} | "
+            f"{card.embedding_dim} | {card.notes} |"
         )
     columns = (
         ("fer2013_private_test", "FER2013 Private"),

@@ -166,3 +166,13 @@ def test_model_cards_show_each_models_calibration(tmp_path, use_store):
     rows = {line.split(" | ")[0]: line for line in report.cards_section().splitlines() if line.startswith("| `")}
     assert rows["| `ed2l`"].endswith("| T = 2.50: 20.0 → 3.0 / 1.90 → 1.10 |")
     assert "no trained weights yet" in rows["| `dacl`"]  # no training provenance: a placeholder
+    cards = [
+        line.split(" | ") for line in report.cards_section().splitlines() if line.startswith("| `") and "](" in line
+    ]
+    test_time = {cells[0]: cells[5] for cells in cards}
+    assert test_time == {
+        "| `dacl`": "face + mirror, logits averaged",
+        "| `ed2l`": "face + mirror, logits averaged",
+        "| `gcnet`": "face",
+        "| `idferm`": "face",
+    }
