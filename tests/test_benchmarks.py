@@ -157,18 +157,17 @@ def test_a_result_is_dirty_for_changed_code_not_for_the_files_the_benchmark_writ
     assert common.git_commit()["dirty"] is True
 
 
-def test_model_cards_show_each_models_calibration(tmp_path, use_store):
+def test_model_cards_show_each_models_calibration_and_test_time_view(tmp_path, use_store):
     store = use_store(make_weight_store(tmp_path / "weights", ["dacl", "ed2l"]))
     manifest = json.loads((store / "manifest.json").read_text())
     calibration = {"temperature": 2.5, "PrivateTest": {"ece": [0.2, 0.03], "nll": [1.9, 1.1]}}
     manifest["files"]["ed2l.safetensors"].update(data={"train": "fer2013/Training"}, calibration=calibration)
     (store / "manifest.json").write_text(json.dumps(manifest))
-    rows = {line.split(" | ")[0]: line for line in report.cards_section().splitlines() if line.startswith("| `")}
+    table_rows = [line for line in report.cards_section().splitlines() if line.startswith("| `")]
+    rows = {line.split(" | ")[0]: line for line in table_rows}  # a model's metrics row follows its card row
     assert rows["| `ed2l`"].endswith("| T = 2.50: 20.0 → 3.0 / 1.90 → 1.10 |")
     assert "no trained weights yet" in rows["| `dacl`"]  # no training provenance: a placeholder
-    cards = [
-        line.split(" | ") for line in report.cards_section().splitlines() if line.startswith("| `") and "](" in line
-    ]
+    cards = [line.split(" | ") for line in table_rows if "](" in line]  # card rows link the paper
     test_time = {cells[0]: cells[5] for cells in cards}
     assert test_time == {
         "| `dacl`": "face + mirror, logits averaged",
