@@ -262,12 +262,14 @@ def test_metrics_only_adds_later_protocols_to_the_exported_entry(tmp_path):
     metrics = {"fer2013_private_test": {"accuracy": 0.6, "mean_class_accuracy": 0.5}}
     write_manifest_entry(weights.name, weights, weights_dir=store, model="dacl", dtype="float32", metrics=metrics)
     fold = {"accuracy": 0.9, "mean_class_accuracy": 0.8, "fold_accuracy_std": 0.04, "confusion": [[1]]}
+    fold["finetune"] = {"epochs": 12}
     (run / "eval").mkdir()
     (run / "eval" / "ckplus.json").write_text(json.dumps({"ckplus7": fold}))
 
     entry = export_module.record_metrics(run, weights_dir=store)
     assert entry["metrics"]["fer2013_private_test"] == metrics["fer2013_private_test"]
     assert entry["metrics"]["ckplus7_10fold"]["accuracy"] == 0.9 and entry["dtype"] == "float32"
+    assert entry["metrics"]["ckplus7_10fold"]["finetune"] == {"epochs": 12}
     assert load_manifest(store)["files"]["dacl.safetensors"] == entry
 
     save_file({"w": torch.zeros(2)}, weights)  # weights that are not the recorded ones get no metrics
@@ -412,3 +414,20 @@ def test_ckplus_folds_are_reused_only_for_the_same_weights_and_settings(tmp_path
     changed = {**config, "finetune": {**config["finetune"], "batch_size": 16}}
     with pytest.raises(AssertionError, match="fine-tuned again"):
         evaluate_module.ckplus_cross_validation(changed, tensors, tmp_path, n_splits=2)
+
+
+@needs_data
+def test_evaluate_set_changes_the_ckplus_fine_tuning_and_records_it(tmp_path):
+    """``evaluate --set finetune...`` fine-tunes the CK+ folds with the changed recipe and says so in ckplus.json."""
+    from training.__main__ import main
+
+    run = tmp_path / "run"
+    _fake_run(run, "dacl")
+    trained = json.loads((run / "best.json").read_text())
+    assert trained["config"]["finetune"]["epochs"] > 0
+    main(["evaluate", "dacl", "--run", str(run), "--protocol", "ckplus", "--set", "finetune.epochs=0"])
+    report = json.loads((run / "eval" / "ckplus.json").read_text())["ckplus7"]
+    assert report["finetune"]["epochs"] == 0 and len(report["fold_accuracy"]) == 10
+    last_fold = json.loads((run / "eval" / "ckplus_folds" / "fold_09.json").read_text())
+    assert last_fold["signature"]["finetune"]["epochs"] == 0
+    assert json.loads((run / "best.json").read_text()) == trained  # the run's own config is left as trained

@@ -56,14 +56,17 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from training.evaluate import PROTOCOLS, run_evaluation
+    from training.evaluate import PROTOCOLS, run_config, run_evaluation
     from training.trainer import set_threads
 
     set_threads(args.threads)
     run_dir = args.run or REPO_ROOT / "runs" / args.method
     baseline_run = args.baseline_run or REPO_ROOT / "runs" / "baseline"
     protocols = tuple(args.protocol) if args.protocol else PROTOCOLS
-    run_evaluation(run_dir, protocols, weights=args.weights, baseline_run=baseline_run, data_dir=args.data_dir)
+    config = _override(run_config(run_dir), args.set)
+    run_evaluation(
+        run_dir, protocols, weights=args.weights, baseline_run=baseline_run, data_dir=args.data_dir, config=config
+    )
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -161,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--baseline-run", type=Path, help="softmax baseline run for the probe (default runs/baseline)"
+    )
+    evaluate.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value of the run's config for this evaluation, e.g. --set finetune.optimizer.lr=0.01 "
+        "(the CK+ fine-tuning; recorded in ckplus.json and in each fold's signature)",
     )
     evaluate.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     evaluate.set_defaults(handler=_evaluate)

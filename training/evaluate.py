@@ -277,6 +277,7 @@ def run_evaluation(
     weights: Path | None = None,
     baseline_run: Path | None = None,
     data_dir: Path | None = None,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run protocols on a training run and write ``<run>/eval/<protocol>.json`` plus confusion HTML files.
 
@@ -287,6 +288,8 @@ def run_evaluation(
             ``<run>/best.safetensors`` (the float32 training state).
         baseline_run: Softmax-baseline run for the identity probe (skipped with a warning when absent).
         data_dir: Folder of the shared data sets.
+        config: The run's config with changes for this evaluation (e.g. another CK+ ``finetune``); default the
+            run's own config.
 
     Returns:
         Protocol name -> results.
@@ -295,7 +298,7 @@ def run_evaluation(
     unknown = sorted(set(protocols) - set(PROTOCOLS))
     if unknown:
         raise ValueError(f"Unknown protocols {unknown}; available: {list(PROTOCOLS)}")
-    config = run_config(run_dir)
+    config = config or run_config(run_dir)
     if "generator_checkpoint" not in config:
         inapplicable = [protocol for protocol in protocols if protocol in GENERATIVE_PROTOCOLS]
         if inapplicable and len(protocols) == len(inapplicable):

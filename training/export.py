@@ -147,6 +147,7 @@ def eval_metrics(eval_dir: Path) -> dict[str, Any]:
             **_headline(report),
             "fold_accuracy_std": report["fold_accuracy_std"],
             "protocol": "subject-independent 10-fold, fine-tuned per fold, pooled",
+            "finetune": report["finetune"],
         }
     if cross := read("cross"):
         metrics["cross_dataset"] = {name: _headline(report) for name, report in cross.items()}
