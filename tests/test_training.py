@@ -431,3 +431,59 @@ def test_evaluate_set_changes_the_ckplus_fine_tuning_and_records_it(tmp_path):
     last_fold = json.loads((run / "eval" / "ckplus_folds" / "fold_09.json").read_text())
     assert last_fold["signature"]["finetune"]["epochs"] == 0
     assert json.loads((run / "best.json").read_text()) == trained  # the run's own config is left as trained
+
+
+@needs_data
+def test_evaluate_runs_on_exported_weights_without_their_run_folder(tmp_path):
+    """A fresh clone has the exported weights and no run folders: `evaluate --weights` takes the config from the
+    manifest and reproduces the manifest's FER2013 numbers; a file that differs from its SHA-256 is refused."""
+    from training.__main__ import main
+    from training.evaluate import shipped_config
+
+    weights = default_weights_dir() / "gcnet.safetensors"
+    entry = load_manifest(default_weights_dir())["files"]["gcnet.safetensors"]
+    config = shipped_config(weights)
+    assert config["method"] == "gcnet" and config["config_name"] == entry["config"]["name"]
+    for key, value in entry["config"]["overrides"].items():
+        target = config
+        for part in key.split("."):
+            target = target[part]
+        assert target == value
+
+    main(["evaluate", "gcnet", "--weights", str(weights), "--run", str(tmp_path / "shipped"), "--protocol", "fer2013"])
+    report = json.loads((tmp_path / "shipped" / "eval" / "fer2013.json").read_text())
+    assert report["PrivateTest"]["accuracy"] == pytest.approx(entry["metrics"]["fer2013_private_test"]["accuracy"])
+
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "manifest.json").write_bytes((default_weights_dir() / "manifest.json").read_bytes())
+    tensors = load_file(weights)
+    tensors["classifier.bias"] = tensors["classifier.bias"] + 1
+    save_file(tensors, store / "gcnet.safetensors")
+    with pytest.raises(WeightsError, match="SHA-256"):
+        shipped_config(store / "gcnet.safetensors")
+    with pytest.raises(SystemExit, match="not a training run"):
+        main(["evaluate", "gcnet", "--run", str(tmp_path / "missing"), "--protocol", "fer2013"])
+
+
+@needs_data
+def test_expression_probe_reads_every_representation_of_the_model(monkeypatch):
+    """The probe covers each per-face vector GCNet outputs (codes, contrast, embedding), not its logits, and its
+    `classifier` entry is the model's own accuracy on the test faces (here every 20th PrivateTest face)."""
+    from training import evaluate as evaluate_module
+
+    def every_20th(split, data_dir=None, **kwargs):
+        faces = load_fer2013(split, data_dir, **kwargs)
+        return FaceSet(faces.name, faces.images[::20], faces.labels[::20])
+
+    monkeypatch.setattr(evaluate_module, "load_fer2013", every_20th)
+    torch.manual_seed(0)
+    model = create_model("gcnet").eval()
+    result = evaluate_module.expression_probe(model, per_class=20)
+    assert {"query_code", "reference_code", "delta", "embedding", "pixels"} <= set(result)
+    assert not any(key.endswith("logits") for key in result)
+    sampled = np.minimum(np.bincount(every_20th("Training", drop_inexact=True).labels), 20).sum()
+    assert f"({sampled} faces, up to 20 per class)" in result["train"] and result["test"] == "fer2013/PrivateTest"
+    test = every_20th("PrivateTest")
+    assert result["classifier"] == pytest.approx(evaluate_module.evaluate_faces(model, test)["accuracy"])
+    assert all(0 <= value <= 1 for value in result.values() if isinstance(value, float))

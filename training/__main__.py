@@ -14,17 +14,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def _override(config: dict, assignments: list[str]) -> dict:
     """Apply ``key=value`` / ``a.b=value`` overrides (values parsed as JSON, else kept as strings)."""
+    from training.trainer import set_dotted
+
     for assignment in assignments:
         key, _, raw = assignment.partition("=")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        target = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = value
+        set_dotted(config, key, value)
     return config
 
 
@@ -56,14 +54,23 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from training.evaluate import PROTOCOLS, run_config, run_evaluation
+    from training.evaluate import PROTOCOLS, run_config, run_evaluation, shipped_config
     from training.trainer import set_threads
 
     set_threads(args.threads)
     run_dir = args.run or REPO_ROOT / "runs" / args.method
     baseline_run = args.baseline_run or REPO_ROOT / "runs" / "baseline"
     protocols = tuple(args.protocol) if args.protocol else PROTOCOLS
-    config = _override(run_config(run_dir), args.set)
+    if (run_dir / "best.json").is_file():
+        config = run_config(run_dir)
+    elif args.weights is not None:  # exported weights without their run folder: the config their manifest records
+        config = shipped_config(args.weights)
+    else:
+        raise SystemExit(
+            f"{run_dir} is not a training run (no best.json); pass --run, or --weights weights/<model>.safetensors "
+            "to evaluate exported weights"
+        )
+    config = _override(config, args.set)
     run_evaluation(
         run_dir, protocols, weights=args.weights, baseline_run=baseline_run, data_dir=args.data_dir, config=config
     )
@@ -150,16 +157,21 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="run the evaluation protocols on a training run",
         description="FER2013 Private/PublicTest, FER+ test, cross-data set, CK+ 7-class subject-independent 10-fold "
-        "(fine-tuned per fold), the CK+ identity-leakage probe and, for IDFERM and GCNet, the neutral faces of "
-        "held-out subjects; results in <run>/eval/*.json.",
+        "(fine-tuned per fold), the CK+ identity-leakage probe, the linear expression probe of each representation "
+        "and, for IDFERM and GCNet, the neutral faces of held-out subjects; results in <run>/eval/*.json.",
     )
     evaluate.add_argument("method", choices=methods, help="method of the run")
     evaluate.add_argument("--run", type=Path, help="run folder (default runs/<method>)")
-    evaluate.add_argument("--weights", type=Path, help="safetensors to evaluate (default <run>/best.safetensors)")
+    evaluate.add_argument(
+        "--weights",
+        type=Path,
+        help="safetensors to evaluate (default <run>/best.safetensors); exported weights need no run folder: their "
+        "config comes from the manifest, and the results go to --run",
+    )
     evaluate.add_argument(
         "--protocol",
         action="append",
-        choices=["fer2013", "ferplus", "cross", "ckplus", "probe", "neutral"],
+        choices=["fer2013", "ferplus", "cross", "ckplus", "probe", "expression_probe", "neutral"],
         help="protocol to run (repeatable; default: all that apply; neutral: IDFERM and GCNet only)",
     )
     evaluate.add_argument(

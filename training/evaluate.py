@@ -17,8 +17,17 @@ Protocols (each writes ``<run>/eval/<protocol>.json`` and, where it has one, a c
   on alternate sequences of every subject with at least two sequences and tested on that subject's other
   sequences (other expressions). Reported for the model's expression embedding, the softmax baseline's embedding
   (``--baseline-run``), raw pixels (shrunk to 24x24), and, for ED²L, the dispelling embedding f_p.
+- ``expression_probe``: how linearly each representation of the model holds the expression. A standardised PCA
+  (256 components) + logistic regression is fitted on a fixed stratified sample of FER2013 Training (up to 1,000
+  faces per class) and tested on PrivateTest, for every per-face vector the model outputs besides its logits (the
+  embedding; ED²L's dispelling embedding f_p; GCNet's query code En(X), reference code En(X_r) and their contrast
+  delta; IDFERM's reference embedding; DACL's attention), next to the model's own classifier on the same faces and
+  the same probe on raw pixels (24x24). It tells where expression is lost: in an encoder, or after it.
 - ``neutral`` (IDFERM, GCNet): the trained generator's neutral faces of the pairs' held-out subjects
   (`training.neutral_eval`): rank-1 identification of the real neutral face, L1 and SSIM, and a grid PNG.
+
+Exported weights are evaluated without their run folder too: `shipped_config` rebuilds the training config from the
+weight file's manifest entry, after checking the file against its SHA-256.
 """
 
 from __future__ import annotations
@@ -33,10 +42,12 @@ import cv2
 import numpy as np
 import torch
 from safetensors.torch import load_file, save
+from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from fer_demo.hub import WeightsError, load_manifest, sha256_file
 from fer_demo.labels import EXPRESSIONS
 from fer_demo.models import FerModel, create_model, get_card
 from training.augment import AugmentConfig
@@ -58,11 +69,11 @@ from training.methods import build_recipe
 from training.metrics import summarize
 from training.neutral_eval import evaluate_trained
 from training.plots import confusion_figure, write_html
-from training.trainer import fit
+from training.trainer import fit, load_config, set_dotted
 
 logger = logging.getLogger(__name__)
 
-PROTOCOLS = ("fer2013", "ferplus", "cross", "ckplus", "probe", "neutral")
+PROTOCOLS = ("fer2013", "ferplus", "cross", "ckplus", "probe", "expression_probe", "neutral")
 GENERATIVE_PROTOCOLS = ("neutral",)
 """Protocols only the methods with a neutral-face generator (a ``generator_checkpoint`` in the config) have."""
 CKPLUS_HEAD_ROWS: tuple[int | None, ...] = (0, 1, 2, 3, 4, 5, None)
@@ -92,6 +103,26 @@ def load_trained(model_name: str, path: Path, model_kwargs: dict[str, Any] | Non
 def run_config(run_dir: Path) -> dict[str, Any]:
     """The config a run was trained with (from ``best.json``)."""
     return json.loads((Path(run_dir) / "best.json").read_text(encoding="utf-8"))["config"]
+
+
+def shipped_config(weights: Path) -> dict[str, Any]:
+    """The config exported weights were trained with, rebuilt from their manifest entry (named config + recorded
+    overrides), for evaluating them without their run folder.
+
+    Raises:
+        fer_demo.hub.WeightsError: The file is not in the manifest beside it, or differs from its SHA-256 there.
+    """
+    weights = Path(weights)
+    entry = load_manifest(weights.parent)["files"].get(weights.name)
+    if entry is None or "config" not in entry:
+        raise WeightsError(f"{weights} has no training config in {weights.parent / 'manifest.json'}")
+    if sha256_file(weights) != entry["sha256"]:
+        raise WeightsError(f"{weights} does not match its SHA-256 in the manifest")
+    recorded = entry["config"]
+    config = load_config(recorded["method"], recorded["name"])
+    for key, value in recorded.get("overrides", {}).items():
+        set_dotted(config, key, value)
+    return config
 
 
 def evaluate_faces(model: FerModel, faces, classes: tuple[str, ...] = EXPRESSIONS) -> dict:
@@ -158,6 +189,36 @@ def identity_probe(model: FerModel, baseline: FerModel | None = None, data_dir: 
             predict_faces(baseline, faces.images)["embedding"], subjects, train, test
         )
     return results
+
+
+def expression_probe(
+    model: FerModel, data_dir: Path | None = None, per_class: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Linear expression probe of every representation the model outputs (see the module docstring)."""
+    training = load_fer2013("Training", data_dir, drop_inexact=True)
+    test = load_fer2013("PrivateTest", data_dir)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(
+        np.concatenate(
+            [rng.permutation(np.flatnonzero(training.labels == label))[:per_class] for label in range(len(EXPRESSIONS))]
+        )
+    )
+    train_out = predict_faces(model, training.images[sample], fields=None)
+    test_out = predict_faces(model, test.images, fields=None)
+
+    def accuracy(train_features: np.ndarray, test_features: np.ndarray) -> float:
+        components = min(256, *train_features.shape)
+        probe = make_pipeline(StandardScaler(), PCA(components, random_state=seed), LogisticRegression(max_iter=3000))
+        probe.fit(train_features, training.labels[sample])
+        return float(probe.score(test_features, test.labels))
+
+    return {
+        "train": f"{training.name} ({len(sample)} faces, up to {per_class} per class)",
+        "test": test.name,
+        "classifier": float((test_out["logits"].argmax(1) == test.labels).mean()),
+        "pixels": accuracy(_small_pixels(training.images[sample]), _small_pixels(test.images)),
+        **{name: accuracy(train_out[name], test_out[name]) for name in train_out if not name.endswith("logits")},
+    }
 
 
 def fold_signature(config: dict[str, Any], fer_tensors: dict[str, torch.Tensor], n_splits: int, seed: int) -> dict:
@@ -284,8 +345,8 @@ def run_evaluation(
     Args:
         run_dir: Training run folder (its ``best.json`` gives the config).
         protocols: Subset of `PROTOCOLS`.
-        weights: Weights to evaluate (default ``<run>/best.safetensors``); the CK+ fine-tuning always starts from
-            ``<run>/best.safetensors`` (the float32 training state).
+        weights: Weights to evaluate (default ``<run>/best.safetensors``); the CK+ fine-tuning starts from
+            ``<run>/best.safetensors`` (the float32 training state) where the run has one, else from `weights`.
         baseline_run: Softmax-baseline run for the identity probe (skipped with a warning when absent).
         data_dir: Folder of the shared data sets.
         config: The run's config with changes for this evaluation (e.g. another CK+ ``finetune``); default the
@@ -305,6 +366,7 @@ def run_evaluation(
             raise ValueError(f"{config['method']} has no neutral-face generator: protocol {inapplicable[0]!r}")
         protocols = tuple(protocol for protocol in protocols if protocol not in GENERATIVE_PROTOCOLS)
     weights = Path(weights or run_dir / "best.safetensors")
+    start = run_dir / "best.safetensors" if (run_dir / "best.safetensors").is_file() else weights
     model = load_trained(config["model"], weights, config.get("model_kwargs"))
     out = run_dir / "eval"
     results: dict[str, Any] = {}
@@ -316,8 +378,12 @@ def run_evaluation(
         elif protocol == "cross":
             result = evaluate_cross(model, data_dir)
         elif protocol == "ckplus":
-            tensors = load_file(run_dir / "best.safetensors")
+            tensors = {
+                key: value.float() if value.is_floating_point() else value for key, value in load_file(start).items()
+            }
             result = {"ckplus7": ckplus_cross_validation(config, tensors, out / "ckplus_folds", data_dir=data_dir)}
+        elif protocol == "expression_probe":
+            result = expression_probe(model, data_dir)
         elif protocol == "neutral":
             result = evaluate_trained(model, config, out, data_dir)
         else:
@@ -334,7 +400,7 @@ def run_evaluation(
             result = identity_probe(model, baseline, data_dir)
             result["baseline_run"] = str(baseline_run) if baseline is not None else None
         result = {**result, "weights": str(weights)} if protocol == "probe" else result
-        if protocol not in ("probe", "neutral"):
+        if protocol not in ("probe", "expression_probe", "neutral"):
             _write_confusions(result, protocol, out)
         write_json(result, out / f"{protocol}.json")
         logger.info("%s: %s", protocol, _headline(result))
@@ -343,7 +409,7 @@ def run_evaluation(
 
 
 def _headline(result: dict[str, Any]) -> str:
-    if "embedding" in result:
+    if "pixels" in result:
         return ", ".join(f"{key} {value:.4f}" for key, value in result.items() if isinstance(value, float))
     return ", ".join(
         f"{name} acc {report['accuracy']:.4f} / mean class {report['mean_class_accuracy']:.4f}"

@@ -40,6 +40,14 @@ logger = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
+def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``config[a][b] = value`` for the dotted key ``"a.b"``, creating missing levels."""
+    *parents, leaf = key.split(".")
+    for parent in parents:
+        config = config.setdefault(parent, {})
+    config[leaf] = value
+
+
 def load_config(method: str, name: str) -> dict[str, Any]:
     """The config ``name`` ("paper" or "cpu") of ``configs/<method>.json``."""
     path = CONFIG_DIR / f"{method}.json"
