@@ -438,11 +438,10 @@ def test_evaluate_runs_on_exported_weights_without_their_run_folder(tmp_path):
     """A fresh clone has the exported weights and no run folders: `evaluate --weights` takes the config from the
     manifest and reproduces the manifest's FER2013 numbers; a file that differs from its SHA-256 is refused."""
     from training.__main__ import main
-    from training.evaluate import shipped_config
 
     weights = default_weights_dir() / "gcnet.safetensors"
     entry = load_manifest(default_weights_dir())["files"]["gcnet.safetensors"]
-    config = shipped_config(weights)
+    config = export_module.shipped_config(weights)
     assert config["method"] == "gcnet" and config["config_name"] == entry["config"]["name"]
     for key, value in entry["config"]["overrides"].items():
         target = config
@@ -461,7 +460,7 @@ def test_evaluate_runs_on_exported_weights_without_their_run_folder(tmp_path):
     tensors["classifier.bias"] = tensors["classifier.bias"] + 1
     save_file(tensors, store / "gcnet.safetensors")
     with pytest.raises(WeightsError, match="SHA-256"):
-        shipped_config(store / "gcnet.safetensors")
+        export_module.shipped_config(store / "gcnet.safetensors")
     with pytest.raises(SystemExit, match="not a training run"):
         main(["evaluate", "gcnet", "--run", str(tmp_path / "missing"), "--protocol", "fer2013"])
 

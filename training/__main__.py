@@ -54,7 +54,7 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from training.evaluate import PROTOCOLS, run_config, run_evaluation, shipped_config
+    from training.evaluate import PROTOCOLS, run_config, run_evaluation
     from training.trainer import set_threads
 
     set_threads(args.threads)
@@ -64,6 +64,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     if (run_dir / "best.json").is_file():
         config = run_config(run_dir)
     elif args.weights is not None:  # exported weights without their run folder: the config their manifest records
+        from training.export import shipped_config
+
         config = shipped_config(args.weights)
     else:
         raise SystemExit(

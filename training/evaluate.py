@@ -26,8 +26,8 @@ Protocols (each writes ``<run>/eval/<protocol>.json`` and, where it has one, a c
 - ``neutral`` (IDFERM, GCNet): the trained generator's neutral faces of the pairs' held-out subjects
   (`training.neutral_eval`): rank-1 identification of the real neutral face, L1 and SSIM, and a grid PNG.
 
-Exported weights are evaluated without their run folder too: `shipped_config` rebuilds the training config from the
-weight file's manifest entry, after checking the file against its SHA-256.
+Exported weights are evaluated without their run folder too: `training.export.shipped_config` rebuilds the training
+config from the weight file's manifest entry, after checking the file against its SHA-256.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from fer_demo.hub import WeightsError, load_manifest, sha256_file
 from fer_demo.labels import EXPRESSIONS
 from fer_demo.models import FerModel, create_model, get_card
 from training.augment import AugmentConfig
@@ -69,7 +68,7 @@ from training.methods import build_recipe
 from training.metrics import summarize
 from training.neutral_eval import evaluate_trained
 from training.plots import confusion_figure, write_html
-from training.trainer import fit, load_config, set_dotted
+from training.trainer import fit
 
 logger = logging.getLogger(__name__)
 
@@ -103,26 +102,6 @@ def load_trained(model_name: str, path: Path, model_kwargs: dict[str, Any] | Non
 def run_config(run_dir: Path) -> dict[str, Any]:
     """The config a run was trained with (from ``best.json``)."""
     return json.loads((Path(run_dir) / "best.json").read_text(encoding="utf-8"))["config"]
-
-
-def shipped_config(weights: Path) -> dict[str, Any]:
-    """The config exported weights were trained with, rebuilt from their manifest entry (named config + recorded
-    overrides), for evaluating them without their run folder.
-
-    Raises:
-        fer_demo.hub.WeightsError: The file is not in the manifest beside it, or differs from its SHA-256 there.
-    """
-    weights = Path(weights)
-    entry = load_manifest(weights.parent)["files"].get(weights.name)
-    if entry is None or "config" not in entry:
-        raise WeightsError(f"{weights} has no training config in {weights.parent / 'manifest.json'}")
-    if sha256_file(weights) != entry["sha256"]:
-        raise WeightsError(f"{weights} does not match its SHA-256 in the manifest")
-    recorded = entry["config"]
-    config = load_config(recorded["method"], recorded["name"])
-    for key, value in recorded.get("overrides", {}).items():
-        set_dotted(config, key, value)
-    return config
 
 
 def evaluate_faces(model: FerModel, faces, classes: tuple[str, ...] = EXPRESSIONS) -> dict:
@@ -366,7 +345,6 @@ def run_evaluation(
             raise ValueError(f"{config['method']} has no neutral-face generator: protocol {inapplicable[0]!r}")
         protocols = tuple(protocol for protocol in protocols if protocol not in GENERATIVE_PROTOCOLS)
     weights = Path(weights or run_dir / "best.safetensors")
-    start = run_dir / "best.safetensors" if (run_dir / "best.safetensors").is_file() else weights
     model = load_trained(config["model"], weights, config.get("model_kwargs"))
     out = run_dir / "eval"
     results: dict[str, Any] = {}
@@ -378,6 +356,7 @@ def run_evaluation(
         elif protocol == "cross":
             result = evaluate_cross(model, data_dir)
         elif protocol == "ckplus":
+            start = run_dir / "best.safetensors" if (run_dir / "best.safetensors").is_file() else weights
             tensors = {
                 key: value.float() if value.is_floating_point() else value for key, value in load_file(start).items()
             }

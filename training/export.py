@@ -44,7 +44,7 @@ from training.data import load_fer2013
 from training.evaluate import evaluate_faces, load_trained, logits_report, model_state, run_config
 from training.inference import predict_faces
 from training.pairs import PAIR_SETS, resolve
-from training.trainer import load_config
+from training.trainer import load_config, set_dotted
 from training.tsne import PERPLEXITY, build_reference_map, reference_sample
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,24 @@ def config_overrides(config: dict[str, Any]) -> dict[str, Any]:
 
     run, named = flat(config), flat(load_config(config["method"], config["config_name"]))
     return {key: value for key, value in run.items() if named.get(key, object()) != value}
+
+
+def shipped_config(weights: Path) -> dict[str, Any]:
+    """The config exported weights were trained with, rebuilt from their manifest entry (the named config plus the
+    recorded `config_overrides`), for evaluating them without their run folder.
+
+    Raises:
+        fer_demo.hub.WeightsError: The file is not in the manifest beside it, differs from its SHA-256 there, or its
+            entry records no training config.
+    """
+    weights = Path(weights)
+    recorded = _exported_fields(weights.name, weights.parent).get("config")
+    if recorded is None:
+        raise WeightsError(f"{weights} has no training config in {weights.parent / MANIFEST_NAME}")
+    config = load_config(recorded["method"], recorded["name"])
+    for key, value in recorded.get("overrides", {}).items():
+        set_dotted(config, key, value)
+    return config
 
 
 def _headline(report: dict) -> dict[str, float]:
@@ -219,7 +237,10 @@ def _exported_fields(filename: str, weights_dir: Path) -> dict[str, Any]:
     if entry is None:
         raise WeightsError(f"{filename} is not in {weights_dir / MANIFEST_NAME}; export the run first")
     if sha256_file(weights_dir / filename) != entry["sha256"]:
-        raise WeightsError(f"{weights_dir / filename} changed since it was recorded; export the run again")
+        raise WeightsError(
+            f"{weights_dir / filename} changed since it was recorded (its SHA-256 differs from the manifest's); "
+            "export the run again"
+        )
     return {key: value for key, value in entry.items() if key not in ("sha256", "size")}
 
 
