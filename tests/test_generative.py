@@ -11,10 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fer_demo.hub import WeightsError
 from fer_demo.models import create_model, get_card
 from tests.conftest import requires_pairs_data
 from training.augment import AugmentConfig
 from training.checkpoint import save_checkpoint, save_tensors
+from training.data import DEFAULT_DATA_DIR
 from training.generation_losses import (
     contrastive_loss,
     discriminator_loss,
@@ -335,6 +337,33 @@ def test_identity_net_layers_and_round_trip(tmp_path):
     loaded = load_identity(tmp_path, "net")
     assert np.allclose(embed(loaded, images), embed(network, images), atol=1e-6)
     assert np.allclose(np.linalg.norm(embed(loaded, images), axis=1), 1.0, atol=1e-5)
+    tensors = load_file(tmp_path / "net.safetensors")
+    save_tensors({**tensors, "classifier.bias": tensors["classifier.bias"] + 1}, tmp_path / "net.safetensors")
+    with pytest.raises(WeightsError, match="SHA-256"):
+        load_identity(tmp_path, "net")
+
+
+@pytest.mark.skipif(not (DEFAULT_DATA_DIR / "ckplus.npz").is_file(), reason=f"no ckplus.npz in {DEFAULT_DATA_DIR}")
+@pytest.mark.parametrize("name", ["idferm", "gcnet"])
+def test_shipped_evaluation_identity_networks_tell_ckplus_subjects_apart(name):
+    """The shipped judges of the neutral-face report load (SHA-256 checked, not retrained) and know the CK+
+    subjects they were trained on: a sequence's nearest other sequence is mostly of the same subject."""
+    from training.data import load_ckplus
+    from training.neutral_eval import EVAL_IDENTITY_DIR, eval_identity
+    from training.pairs import unit_images
+
+    assert (EVAL_IDENTITY_DIR / f"{name}.json").is_file()
+    network = eval_identity(get_card(name))
+    faces = load_ckplus()
+    first_frames = np.arange(0, len(faces.subjects), 3)  # three peak frames per sequence
+    subjects = faces.subjects[first_frames]
+    embeddings = embed(network, unit_images(faces.images[first_frames], get_card(name)))
+    similarity = embeddings @ embeddings.T
+    np.fill_diagonal(similarity, -2)
+    several = np.unique(subjects, return_counts=True)
+    has_other_sequence = np.isin(subjects, several[0][several[1] > 1])
+    nearest_same = subjects[similarity.argmax(1)] == subjects
+    assert nearest_same[has_other_sequence].mean() > 0.8
 
 
 def test_rank1_and_image_errors():
@@ -448,12 +477,9 @@ def test_export_then_pretrained_load_round_trip(tmp_path, monkeypatch, use_store
 @requires_pairs_data
 def test_neutral_protocol_reports_the_trained_generator(tmp_path):
     from training.evaluate import run_evaluation
-    from training.neutral_eval import EVAL_IDENTITY
 
     config = load_config("gcnet", "cpu")
     config["generator_checkpoint"] = str(tmp_path / "pretrain" / "generator.safetensors")
-    torch.manual_seed(0)
-    save_identity(IdentityNet(118), tmp_path / "pretrain", EVAL_IDENTITY, {"data": "untrained, for the test"})
     info = {"config": config, "train_data": "synthetic", "val_data": "synthetic", "train_size": 16, "epoch": 1}
     save_checkpoint(tmp_path / "run", "best", dict(create_model("gcnet").state_dict()), None, info)
 

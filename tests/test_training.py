@@ -254,8 +254,7 @@ def test_config_overrides_name_every_value_that_differs_from_the_named_config():
 
 
 def test_metrics_only_adds_later_protocols_to_the_exported_entry(tmp_path):
-    run, store = tmp_path / "run", tmp_path / "weights"
-    _fake_run(run, "dacl")
+    run, store = tmp_path / "run", tmp_path / "weights"  # `run` holds only eval/, as after `evaluate --weights`
     store.mkdir()
     weights = store / "dacl.safetensors"
     save_file({"w": torch.ones(2)}, weights)
@@ -263,18 +262,21 @@ def test_metrics_only_adds_later_protocols_to_the_exported_entry(tmp_path):
     write_manifest_entry(weights.name, weights, weights_dir=store, model="dacl", dtype="float32", metrics=metrics)
     fold = {"accuracy": 0.9, "mean_class_accuracy": 0.8, "fold_accuracy_std": 0.04, "confusion": [[1]]}
     fold["finetune"] = {"epochs": 12}
-    (run / "eval").mkdir()
+    (run / "eval").mkdir(parents=True)
     (run / "eval" / "ckplus.json").write_text(json.dumps({"ckplus7": fold}))
+    neutral = {"eval_identity": {"generated_rank1": 0.4}, "grid": "neutral_grid.png", "subjects": 17}
+    (run / "eval" / "neutral.json").write_text(json.dumps(neutral))
 
-    entry = export_module.record_metrics(run, weights_dir=store)
+    entry = export_module.record_metrics("dacl", run, weights_dir=store)
     assert entry["metrics"]["fer2013_private_test"] == metrics["fer2013_private_test"]
     assert entry["metrics"]["ckplus7_10fold"]["accuracy"] == 0.9 and entry["dtype"] == "float32"
     assert entry["metrics"]["ckplus7_10fold"]["finetune"] == {"epochs": 12}
+    assert entry["metrics"]["neutral_reference"] == {"eval_identity": {"generated_rank1": 0.4}, "subjects": 17}
     assert load_manifest(store)["files"]["dacl.safetensors"] == entry
 
     save_file({"w": torch.zeros(2)}, weights)  # weights that are not the recorded ones get no metrics
     with pytest.raises(WeightsError, match="changed since"):
-        export_module.record_metrics(run, weights_dir=store)
+        export_module.record_metrics("dacl", run, weights_dir=store)
 
 
 def test_cli_offers_every_method_and_the_generator_pretraining():

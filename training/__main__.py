@@ -84,7 +84,7 @@ def _export(args: argparse.Namespace) -> None:
 
     run_dir = args.run or REPO_ROOT / "runs" / args.model
     if args.metrics_only:
-        record_metrics(run_dir, weights_dir=args.weights_dir)
+        record_metrics(args.model, run_dir, weights_dir=args.weights_dir)
         return
     set_threads(args.threads)
     export(run_dir, weights_dir=args.weights_dir, data_dir=args.data_dir)

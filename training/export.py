@@ -133,24 +133,27 @@ def _headline(report: dict) -> dict[str, float]:
     return {"accuracy": report["accuracy"], "mean_class_accuracy": report["mean_class_accuracy"]}
 
 
+def _neutral_metrics(report: dict) -> dict[str, Any]:
+    return {key: value for key, value in report.items() if key not in ("grid", "loss_identity")}
+
+
 def collect_metrics(eval_dir: Path, fer2013: dict[str, dict], neutral: Path | None = None) -> dict[str, Any]:
     """Manifest metrics: FER2013 reports of the stored weights, whatever ``eval/*.json`` holds and, for the
-    generative methods, the held-out neutral-face report of their generator pretraining (`neutral`)."""
+    generative methods without an ``eval/neutral.json``, the neutral-face report of their generator pretraining
+    (`neutral`)."""
     metrics: dict[str, Any] = {
         "fer2013_private_test": _headline(fer2013["PrivateTest"]),
         "fer2013_public_test": _headline(fer2013["PublicTest"]),
         **eval_metrics(eval_dir),
     }
-    if neutral is not None and neutral.is_file():
-        report = json.loads(neutral.read_text(encoding="utf-8"))
-        metrics["neutral_reference"] = {
-            key: value for key, value in report.items() if key not in ("grid", "loss_identity")
-        }
+    if "neutral_reference" not in metrics and neutral is not None and neutral.is_file():
+        metrics["neutral_reference"] = _neutral_metrics(json.loads(neutral.read_text(encoding="utf-8")))
     return metrics
 
 
 def eval_metrics(eval_dir: Path) -> dict[str, Any]:
-    """Manifest metrics of the protocol reports in ``eval_dir`` (FER+, CK+ 10-fold, cross-data set, probe)."""
+    """Manifest metrics of the protocol reports in ``eval_dir`` (FER+, CK+ 10-fold, cross-data set, probe,
+    neutral-face report)."""
     metrics: dict[str, Any] = {}
 
     def read(name: str) -> dict | None:
@@ -173,14 +176,17 @@ def eval_metrics(eval_dir: Path) -> dict[str, Any]:
         metrics["identity_probe_ckplus"] = {
             key: value for key, value in probe.items() if key not in ("weights", "baseline_run")
         }
+    if neutral := read("neutral"):
+        metrics["neutral_reference"] = _neutral_metrics(neutral)
     return metrics
 
 
-def record_metrics(run_dir: Path, *, weights_dir: Path | None = None) -> dict[str, Any]:
-    """Add the protocol reports of ``<run>/eval`` to the manifest entry of the run's already exported weights.
+def record_metrics(model: str, run_dir: Path, *, weights_dir: Path | None = None) -> dict[str, Any]:
+    """Add the protocol reports of ``<run>/eval`` to the manifest entry of `model`'s already exported weights.
 
-    For protocols run after `export` (the CK+ 10-fold cross-validation takes longest): the weight file, its
-    t-SNE map and every other field of the entry stay as they are; only the reported metrics are added or replaced.
+    For protocols run after `export` (the CK+ 10-fold cross-validation takes longest), or on the exported weights
+    (``evaluate --weights``, whose run folder holds only ``eval/``): the weight file, its t-SNE map and every
+    other field of the entry stay as they are; only the reported metrics are added or replaced.
 
     Returns:
         The updated manifest entry.
@@ -190,7 +196,7 @@ def record_metrics(run_dir: Path, *, weights_dir: Path | None = None) -> dict[st
     """
     run_dir = Path(run_dir)
     weights_dir = Path(weights_dir or default_weights_dir())
-    filename = get_card(run_config(run_dir)["model"]).weight_file
+    filename = get_card(model).weight_file
     fields = _exported_fields(filename, weights_dir)
     fields["metrics"] = {**fields.get("metrics", {}), **eval_metrics(run_dir / "eval")}
     return write_manifest_entry(filename, weights_dir / filename, weights_dir=weights_dir, **fields)

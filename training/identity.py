@@ -26,8 +26,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fer_demo.hub import WeightsError, sha256_file
 from training.augment import AugmentConfig, random_similarity
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import load_checkpoint, save_tensors, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -152,14 +153,24 @@ def train_identity(
 
 
 def save_identity(network: IdentityNet, folder: Path, stem: str, info: dict[str, Any]) -> None:
-    """Write ``<folder>/<stem>.{safetensors,json}``; the JSON records the number of subjects."""
+    """Write ``<folder>/<stem>.{safetensors,json}``; the JSON records the number of subjects and the SHA-256 of the
+    tensors file."""
+    path = Path(folder) / f"{stem}.safetensors"
+    save_tensors(network.state_dict(), path)
     shape = {"num_subjects": network.classifier.out_features, "input_size": network.input_size}
-    save_checkpoint(folder, stem, network.state_dict(), None, {**info, **shape})
+    write_json({**info, **shape, "sha256": sha256_file(path)}, path.with_suffix(".json"))
 
 
 def load_identity(folder: Path, stem: str) -> IdentityNet:
-    """Inverse of `save_identity`; the network comes back frozen."""
+    """Inverse of `save_identity`; the network comes back frozen.
+
+    Raises:
+        fer_demo.hub.WeightsError: The tensors file differs from the SHA-256 its JSON records.
+    """
     tensors, info = load_checkpoint(folder, stem)
+    path = Path(folder) / f"{stem}.safetensors"
+    if "sha256" in info and sha256_file(path) != info["sha256"]:
+        raise WeightsError(f"{path} does not match the SHA-256 in {path.with_suffix('.json').name}")
     network = IdentityNet(info["num_subjects"], info["input_size"])
     network.load_state_dict(tensors, strict=True)
     return freeze(network)

@@ -14,7 +14,10 @@ with the subject's real neutral face(s):
 - **grid PNG**: rows of (input | generated | real neutral) triplets.
 
 Embeddings come from an identity network trained on CK+ (118 subjects; `train_eval_identity`), data that neither
-the generators nor IDFERM's loss network ever saw, and none of the held-out subjects. Where IDFERM's loss network
+the generators nor IDFERM's loss network ever saw, and none of the held-out subjects. One such network per model
+card (the cards differ in their equalisation) ships in ``training/eval_identity/`` with its SHA-256, so every
+report, in any clone, measures with the same network: retrained, it would differ with the machine and thread count
+enough to move rank-1 by several points. Where IDFERM's loss network
 (trained on the training subjects of the pairs) is given, its numbers are reported too, labelled as such: the
 generator was optimised against that network, so they are optimistic.
 
@@ -39,12 +42,12 @@ from fer_demo.models import ModelCard, get_card
 from training.checkpoint import write_json
 from training.data import load_ckplus
 from training.identity import IdentityNet, embed, load_identity, save_identity, train_identity
-from training.pairs import NEUTRAL, PAIR_SETS, SUBJECT_STRIDE, PairData, load_pair_data, resolve, unit_images
+from training.pairs import NEUTRAL, PAIR_SETS, SUBJECT_STRIDE, PairData, load_pair_data, unit_images
 
 logger = logging.getLogger(__name__)
 
-EVAL_IDENTITY = "identity_eval"
-"""Stem of the CK+-trained evaluation identity network's checkpoint."""
+EVAL_IDENTITY_DIR = Path(__file__).resolve().parent / "eval_identity"
+"""The shipped evaluation identity networks, ``<card name>.{safetensors,json}``."""
 
 
 def rank1(
@@ -100,12 +103,13 @@ def train_eval_identity(card: ModelCard, data_dir: Path | None = None, **setting
     return train_identity(unit_images(faces.images, card), faces.subjects, **settings)
 
 
-def eval_identity(card: ModelCard, folder: Path, data_dir: Path | None = None, **settings: Any) -> IdentityNet:
-    """Load ``<folder>/identity_eval.*`` or train it on CK+ and save it there."""
-    if (Path(folder) / f"{EVAL_IDENTITY}.json").is_file():
-        return load_identity(folder, EVAL_IDENTITY)
+def eval_identity(card: ModelCard, data_dir: Path | None = None, **settings: Any) -> IdentityNet:
+    """The evaluation identity network of `card`'s faces: ``EVAL_IDENTITY_DIR/<card name>.*`` (SHA-256 checked),
+    or trained on CK+ with `settings` and saved there when missing (delete both files to train it anew)."""
+    if (EVAL_IDENTITY_DIR / f"{card.name}.json").is_file():
+        return load_identity(EVAL_IDENTITY_DIR, card.name)
     network = train_eval_identity(card, data_dir, **settings)
-    save_identity(network, folder, EVAL_IDENTITY, {"data": "ckplus (all frames)", "card": card.name, **settings})
+    save_identity(network, EVAL_IDENTITY_DIR, card.name, {"data": "ckplus (all frames)", "card": card.name, **settings})
     return network
 
 
@@ -217,9 +221,9 @@ def write_report(
     data_dir: Path | None = None,
     loss_identity: IdentityNet | None = None,
 ) -> dict[str, Any]:
-    """`evaluate_neutrals` with the evaluation network of `folder`; writes ``neutral.json`` and the grid there."""
+    """`evaluate_neutrals` with the card's evaluation network; writes ``neutral.json`` and the grid to `folder`."""
     folder = Path(folder)
-    identity = eval_identity(card, folder, data_dir, **eval_settings)
+    identity = eval_identity(card, data_dir, **eval_settings)
     result = evaluate_neutrals(
         generate, data, card, identity, loss_identity=loss_identity, grid_path=folder / "neutral_grid.png"
     )
@@ -230,13 +234,10 @@ def write_report(
 def evaluate_trained(
     model: torch.nn.Module, config: dict[str, Any], folder: Path, data_dir: Path | None = None
 ) -> dict[str, Any]:
-    """The neutral-face report of a trained model's generator; the grid is written to `folder`.
-
-    The evaluation identity network is the one of the generator's pretraining folder (the parent of the config's
-    ``generator_checkpoint``), trained there first if it is missing, so pretraining and final reports compare alike.
-    """
+    """The neutral-face report of a trained model's generator, with the card's evaluation network (as the
+    pretraining report); the grid is written to `folder`."""
     card = get_card(config["model"])
-    identity = eval_identity(card, resolve(config["generator_checkpoint"]).parent, data_dir, **config["eval_identity"])
+    identity = eval_identity(card, data_dir, **config["eval_identity"])
     data = load_pair_data(data_dir, **config["pairs"])
     Path(folder).mkdir(parents=True, exist_ok=True)
     return evaluate_neutrals(
