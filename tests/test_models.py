@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import fields
 
 import pytest
@@ -180,6 +181,25 @@ def test_idferm_inference_embeds_query_and_reference_in_one_pass_with_two_pass_o
     torch.testing.assert_close(out.logits, logits)
     torch.testing.assert_close(out.embedding, f)
     torch.testing.assert_close(out.reference_embedding, f_ref)
+
+
+def test_idferm_batchnorm_running_statistics_are_the_queries():
+    """In training the generated references are normalised by their own batch but leave the running statistics,
+    which normalise the classified faces at test time, to the queries."""
+    torch.manual_seed(0)
+    model = create_model("idferm").train()
+    queries_only = copy.deepcopy(model)
+    x = _input("idferm")
+    with torch.no_grad():
+        model(x)
+        queries_only.rml(x)
+    norms = [name for name, layer in model.rml.named_modules() if isinstance(layer, nn.BatchNorm2d)]
+    ours, theirs = dict(model.rml.named_buffers()), dict(queries_only.rml.named_buffers())
+    for name in norms:
+        torch.testing.assert_close(ours[f"{name}.running_mean"], theirs[f"{name}.running_mean"])
+        torch.testing.assert_close(ours[f"{name}.running_var"], theirs[f"{name}.running_var"])
+    assert not torch.equal(ours[f"{norms[0]}.running_mean"], torch.zeros_like(ours[f"{norms[0]}.running_mean"]))
+    assert all(layer.momentum == 0.1 for layer in model.rml.modules() if isinstance(layer, nn.BatchNorm2d))
 
 
 def test_quadratic_distance_starts_as_a_mahalanobis_distance():

@@ -16,6 +16,8 @@ classifies it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -176,6 +178,21 @@ class RMLNetwork(nn.Module):
         return self.classifier(ec), self.metric(self.connect(torch.cat([ec, ml], dim=1)))
 
 
+@contextmanager
+def _running_statistics_kept(module: nn.Module) -> Iterator[None]:
+    """Training-mode BatchNorm layers of `module` normalise by the batch but leave their running statistics as
+    they are (momentum 0 while inside)."""
+    norms = [layer for layer in module.modules() if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    try:
+        yield
+    finally:
+        for layer, momentum in zip(norms, momenta, strict=True):
+            layer.momentum = momentum
+
+
 class IDFERM(FerModel):
     """HNG (generator + discriminator) and the RML network with its class centers and quadratic distance H."""
 
@@ -198,8 +215,10 @@ class IDFERM(FerModel):
         mean, std = self.card.mean[0], self.card.std[0]
         reference = self.generator(x * std + mean)
         reference_input = (reference - mean) / std
-        if self.training:  # BatchNorm statistics of queries and of references apart, as trained
-            (logits, f), (_, f_ref) = self.rml(x), self.rml(reference_input)
+        if self.training:  # queries and references each normalised by their own batch; the running statistics,
+            logits, f = self.rml(x)  # which normalise at test time, are the queries' (the faces being classified)
+            with _running_statistics_kept(self.rml):
+                _, f_ref = self.rml(reference_input)
         else:  # running statistics: one pass over both gives the same outputs in less time
             logits, both = self.rml(torch.cat([x, reference_input]))
             logits, (f, f_ref) = logits[: len(x)], both.split(len(x))
