@@ -371,8 +371,9 @@ def test_calibrate_records_the_temperature_without_touching_the_weights(tmp_path
 @needs_data
 @pytest.mark.parametrize("name", ["dacl", "ed2l", "idferm", "gcnet"])
 def test_shipped_temperatures_calibrate_held_out_faces(name, use_store):
-    """On PrivateTest faces (T was fitted on PublicTest): the same predicted classes; ED²L's over-confident AM-softmax
-    becomes far better calibrated, and the models that were already close to calibrated do not get worse."""
+    """On all PrivateTest faces (T was fitted on PublicTest): the same predicted classes; ED²L's over-confident
+    AM-softmax becomes far better calibrated, and the models that were already close to calibrated do not get worse
+    (a sample would not do: for an IDFERM with T = 1.07, 15-bin ECE on every sixth face moved by 2 points)."""
     from fer_demo import Predictor
 
     use_store(default_weights_dir())
@@ -380,7 +381,7 @@ def test_shipped_temperatures_calibrate_held_out_faces(name, use_store):
     model = predictor.models[name]
     assert model.temperature != 1.0, "the manifest entry has no calibration: run `python -m training calibrate`"
     faces = load_fer2013("PrivateTest")
-    images, labels = faces.images[::6], faces.labels[::6]
+    images, labels = faces.images, faces.labels
     probs = predictor.predict_crops(images)[name]
     logits = export_module.predict_faces(model, images)["logits"]
     raw = torch.as_tensor(logits).softmax(-1).numpy()
