@@ -179,6 +179,7 @@ GCNET_CARD = ModelCard(
     mean=(0.5,),
     std=(0.25,),
     equalize="clahe",
+    flip_average=True,
     embedding_dim=EMBEDDING_DIM,
     notes=_NOTES,
 )
