@@ -83,10 +83,10 @@ def _export(args: argparse.Namespace) -> None:
     from training.trainer import set_threads
 
     run_dir = args.run or REPO_ROOT / "runs" / args.model
-    if args.metrics_only:
-        record_metrics(args.model, run_dir, weights_dir=args.weights_dir)
-        return
     set_threads(args.threads)
+    if args.metrics_only:
+        record_metrics(args.model, run_dir, weights_dir=args.weights_dir, data_dir=args.data_dir)
+        return
     export(run_dir, weights_dir=args.weights_dir, data_dir=args.data_dir)
 
 
@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-only",
         action="store_true",
         help="only add the run's eval/*.json reports (e.g. a later CK+ 10-fold run) to the manifest entry of the "
-        "weights already exported from it",
+        "weights already exported, and measure those weights on FER2013 again",
     )
     export.set_defaults(handler=_export)
 

@@ -181,12 +181,16 @@ def eval_metrics(eval_dir: Path) -> dict[str, Any]:
     return metrics
 
 
-def record_metrics(model: str, run_dir: Path, *, weights_dir: Path | None = None) -> dict[str, Any]:
+def record_metrics(
+    model: str, run_dir: Path, *, weights_dir: Path | None = None, data_dir: Path | None = None
+) -> dict[str, Any]:
     """Add the protocol reports of ``<run>/eval`` to the manifest entry of `model`'s already exported weights.
 
     For protocols run after `export` (the CK+ 10-fold cross-validation takes longest), or on the exported weights
     (``evaluate --weights``, whose run folder holds only ``eval/``): the weight file, its t-SNE map and every
-    other field of the entry stay as they are; only the reported metrics are added or replaced.
+    other field of the entry stay as they are; only the reported metrics are added or replaced. The FER2013 reports
+    are measured again on the stored weights, as `export` measures them, so they follow a change of the model's
+    test-time view (`ModelCard.flip_average`) made after the export.
 
     Returns:
         The updated manifest entry.
@@ -198,7 +202,11 @@ def record_metrics(model: str, run_dir: Path, *, weights_dir: Path | None = None
     weights_dir = Path(weights_dir or default_weights_dir())
     filename = get_card(model).weight_file
     fields = _exported_fields(filename, weights_dir)
-    fields["metrics"] = {**fields.get("metrics", {}), **eval_metrics(run_dir / "eval")}
+    stored = load_trained(model, weights_dir / filename)
+    splits = {split: load_fer2013(split, data_dir) for split in ("PrivateTest", "PublicTest")}
+    logits = split_logits(stored, splits)
+    fer2013 = {split: logits_report(faces, logits[split]) for split, faces in splits.items()}
+    fields["metrics"] = {**fields.get("metrics", {}), **collect_metrics(run_dir / "eval", fer2013)}
     return write_manifest_entry(filename, weights_dir / filename, weights_dir=weights_dir, **fields)
 
 
