@@ -172,6 +172,6 @@ def test_model_cards_show_each_models_calibration_and_test_time_view(tmp_path, u
     assert test_time == {
         "| `dacl`": "face + mirror, logits averaged",
         "| `ed2l`": "face + mirror, logits averaged",
-        "| `gcnet`": "face",
+        "| `gcnet`": "face + mirror, logits averaged",
         "| `idferm`": "face",
     }
