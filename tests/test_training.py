@@ -24,7 +24,7 @@ from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import FaceSet, load_fer2013
 from training.methods import build_recipe
 from training.metrics import expected_calibration_error, negative_log_likelihood
-from training.trainer import fit, init_distributed, learning_rate, load_config, train
+from training.trainer import batch_seed, fit, init_distributed, learning_rate, load_config, train
 
 METHODS = ("dacl", "ed2l", "baseline")
 
@@ -138,7 +138,24 @@ def test_init_starts_a_fresh_run_from_a_weight_file(tmp_path):
     parameters = [name for name, _ in create_model("dacl").named_parameters()]
     for name in parameters:
         torch.testing.assert_close(trained[name], initial[name].float())
-    assert json.loads((tmp_path / "second" / "last.json").read_text())["config"]["init"] == str(start)
+    state = json.loads((tmp_path / "second" / "last.json").read_text())
+    assert state["config"]["init"] == str(start)
+    assert state["batch_seed"] == batch_seed(config, tmp_path / "second", resume=False) != config["seed"]
+
+
+def test_a_warm_restart_draws_batches_of_its_own(tmp_path):
+    faces = synthetic_faces(16)
+    first, second = tmp_path / "first.safetensors", tmp_path / "second.safetensors"
+    save_file({"w": torch.zeros(3)}, first)
+    save_file({"w": torch.ones(3)}, second)
+    config = small_config("dacl")
+    assert batch_seed(config, tmp_path, resume=False) == config["seed"]
+    seeds = [batch_seed({**config, "init": str(path)}, tmp_path, resume=False) for path in (first, second, first)]
+    assert seeds[0] == seeds[2] and len({config["seed"], *seeds}) == 3
+    run = tmp_path / "run"
+    train({**config, "seed": seeds[0]}, run, train_set=faces, val_set=synthetic_faces(8, seed=1))
+    save_file({"w": torch.full((3,), 2.0)}, first)  # the start file overwritten (a later export): resume keeps the seed
+    assert batch_seed({**config, "init": str(first)}, run, resume=True) == seeds[0]
 
 
 def _free_port() -> int:

@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--init",
         type=Path,
-        help="start from these weights (e.g. weights/dacl.safetensors) with a fresh optimizer and schedule",
+        help="start from these weights (e.g. weights/dacl.safetensors) with a fresh optimizer and schedule, and "
+        "batches seeded by the file's SHA-256",
     )
     train.add_argument(
         "--set",

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from fer_demo.hub import sha256_file
 from fer_demo.labels import EXPRESSIONS
 from training.augment import AugmentConfig, random_similarity
 from training.checkpoint import load_checkpoint, save_checkpoint, write_json
@@ -160,7 +161,8 @@ def fit(
         optimizer: The optimizer settings (its ``lr`` is the schedule's base rate).
         schedule: Learning-rate schedule (see `learning_rate`).
         augment: Augmentation ranges.
-        seed: Seed of the batch order and the augmentation (per epoch, so resumed epochs repeat exactly).
+        seed: Seed of the batch order and the augmentation (per epoch, so resumed epochs repeat exactly;
+            `batch_seed` gives a warm restart its own).
         val: (prepared inputs, labels) to validate on after each epoch; selects ``best.*``.
         classes: Class names of the model outputs (for the reports).
         run_dir: Folder for checkpoints and reports; None trains without writing anything.
@@ -260,6 +262,24 @@ def fit(
     return history
 
 
+def batch_seed(config: dict[str, Any], run_dir: Path, resume: bool) -> int:
+    """Seed of a run's batch order and augmentation: the config's ``seed``, or, for a run that starts from
+    ``init`` weights, the seed mixed with the SHA-256 of that file.
+
+    Every epoch's batches are drawn from ``seed * 1000 + epoch``, so a warm restart with the config's seed would
+    replay, epoch by epoch, the augmented batches of the run that produced its starting weights. Mixing in the
+    weights' digest gives each stage batches of its own and stays reproducible from the same files. A resumed run
+    keeps the seed it started with (its ``init`` file may have been overwritten since).
+    """
+    if resume:
+        state = json.loads((Path(run_dir) / "last.json").read_text(encoding="utf-8"))
+        return state.get("batch_seed", config["seed"])  # runs written before the seed was recorded used the config's
+    if not config.get("init"):
+        return config["seed"]
+    digest = sha256_file(Path(config["init"]))
+    return int(np.random.SeedSequence([config["seed"], int(digest[:16], 16)]).generate_state(1)[0]) % 1_000_000
+
+
 def train(
     config: dict[str, Any],
     run_dir: Path,
@@ -292,9 +312,10 @@ def train(
     train_set = train_set or load_fer2013("Training", data_dir, drop_inexact=config.get("drop_inexact", False))
     val_set = val_set or load_fer2013("PublicTest", data_dir)
     recipe = build_recipe(config, device=distributed.device)
+    seed = batch_seed(config, run_dir, resume)
     if config.get("init") and not resume:
         recipe.load_state_tensors(load_file(config["init"]))  # load_state_dict casts float16 files to the model
-        logger.info("Initialised %s from %s", config["method"], config["init"])
+        logger.info("Initialised %s from %s (batch seed %d)", config["method"], config["init"], seed)
     if distributed.world > 1:
         recipe.distribute()
     card = recipe.model.card
@@ -317,6 +338,7 @@ def train(
         "val_data": val_set.name,
         "train_size": len(train_set),
         "world_size": distributed.world,
+        "batch_seed": seed,
     }
     return fit(
         recipe,
@@ -327,7 +349,7 @@ def train(
         optimizer=config["optimizer"],
         schedule=config["schedule"],
         augment=AugmentConfig.from_dict(config.get("augment")),
-        seed=config["seed"],
+        seed=seed,
         val=(val_inputs, val_set.labels),
         run_dir=run_dir,
         resume=resume,
