@@ -28,8 +28,9 @@ logger = logging.getLogger(__name__)
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 TRAIL_LENGTH = 12
 QUEUE_SIZE = 32
-LAUNCH_OPTIONS = {"max_file_size": "20mb", "show_error": True}
-"""Options for `demo.launch()`: uploads over 20 MB are refused before they reach a callback."""
+LAUNCH_OPTIONS = {"max_file_size": "20mb", "show_error": True, "css": ".method-title {min-height: 5.5em}"}
+"""Options for `demo.launch()`: uploads over 20 MB are refused before they reach a callback; the method columns'
+titles take the same height, so the panels below them line up whichever title wraps."""
 STREAM_EVERY = 0.25
 STREAM_TIME_LIMIT = 120
 
@@ -296,7 +297,7 @@ def build_demo(predictor: Predictor | None = None, maps: dict[str, ReferenceMap]
         with gr.Row(equal_height=False):
             for name in app.models:
                 with gr.Column(min_width=260):
-                    gr.Markdown(f"### {get_card(name).title}")
+                    gr.Markdown(f"### {get_card(name).title}", elem_classes="method-title")
                     columns.extend(
                         [
                             gr.Label(num_top_classes=3, label=f"{name}: expression"),
