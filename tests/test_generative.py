@@ -40,6 +40,7 @@ from training.pairs import (
     PairData,
     PairFaces,
     load_generator,
+    load_phase_init,
     pretrain_generator,
     unit_images,
 )
@@ -236,6 +237,25 @@ def test_pretrain_generator_writes_a_checkpoint_that_loads(tmp_path, gcnet_confi
         load_generator(create_model("idferm"), tmp_path / "generator.safetensors")
     with pytest.raises(FileNotFoundError, match="pretrain"):
         load_generator(fresh, tmp_path / "missing.safetensors")
+
+
+def test_a_generator_phase_continues_from_an_exported_weight_file(tmp_path, idferm_config):
+    trained = hng_phase(idferm_config)
+    trained.step(pair_batch())
+    exported = {
+        key: value.half() if value.is_floating_point() else value for key, value in trained.model.state_dict().items()
+    }
+    save_tensors(exported, tmp_path / "idferm.safetensors")  # a whole model in float16, as `export` writes it
+    torch.manual_seed(5)
+    fresh = HNGPhase(create_model("idferm"), IdentityNet(5), idferm_config["pretrain"])
+    load_phase_init(fresh, tmp_path / "idferm.safetensors")
+    loaded = fresh.state_tensors()
+    assert loaded.keys() == trained.state_tensors().keys()
+    assert all(torch.equal(loaded[key], exported[key].to(loaded[key].dtype)) for key in loaded)
+    assert not torch.equal(fresh.model.rml.classifier.weight, trained.model.rml.classifier.weight.half().float())
+    save_tensors({"centers": exported["centers"]}, tmp_path / "head.safetensors")
+    with pytest.raises(ValueError, match="does not hold"):
+        load_phase_init(fresh, tmp_path / "head.safetensors")
 
 
 # --- IDFERM phase 2 ---------------------------------------------------------------------------------------------

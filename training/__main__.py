@@ -48,6 +48,8 @@ def _pretrain(args: argparse.Namespace) -> None:
 
     config = _override(load_config(args.method, args.config), args.set)
     set_threads(args.threads)
+    if args.init is not None:
+        config["init"] = str(args.init)
     pretrain = {"idferm": pretrain_idferm, "gcnet": pretrain_gcnet}[args.method]
     out = args.out or Path(config["generator_checkpoint"]).parent
     pretrain(config, out if out.is_absolute() else REPO_ROOT / out, data_dir=args.data_dir)
@@ -126,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--config", default="cpu", help="config entry: 'cpu' or 'paper'")
     pretrain.add_argument("--out", type=Path, help="folder (default: the folder of generator_checkpoint)")
     pretrain.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    pretrain.add_argument(
+        "--init",
+        type=Path,
+        help="continue from the generator (and discriminator) in these weights, e.g. weights/idferm.safetensors, "
+        "with a fresh optimizer and batches seeded by the file's SHA-256",
+    )
     pretrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     pretrain.set_defaults(handler=_pretrain)
 

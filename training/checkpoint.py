@@ -19,8 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from fer_demo.hub import sha256_file
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -99,3 +102,11 @@ def load_checkpoint(
     if optimizer is not None:
         load_optimizer(optimizer, load_file(folder / f"{stem}.optim.safetensors"), info["optimizer_param_groups"])
     return tensors, info
+
+
+def init_seed(seed: int, init: str | Path | None) -> int:
+    """`seed`, or for a run that starts from the weight file `init`, `seed` mixed with the file's SHA-256."""
+    if not init:
+        return seed
+    digest = sha256_file(Path(init))
+    return int(np.random.SeedSequence([seed, int(digest[:16], 16)]).generate_state(1)[0]) % 1_000_000

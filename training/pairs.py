@@ -342,6 +342,21 @@ def pretrain_generator(
     return history
 
 
+def load_phase_init(phase: GeneratorPhase, path: Path) -> None:
+    """Continue a generator phase from a weight file: load the tensors its checkpoint holds (`state_tensors`).
+
+    Raises:
+        ValueError: The file lacks some of them.
+    """
+    tensors = load_file(path)
+    names = list(phase.state_tensors())
+    missing = [name for name in names if name not in tensors]
+    if missing:
+        raise ValueError(f"{path} does not hold the generator phase's tensors, e.g. {missing[:3]}")
+    phase.model.load_state_dict({name: tensors[name] for name in names}, strict=False)  # casts float16 files
+    logger.info("Continuing the generator phase from %s", path)
+
+
 def resolve(path: str | Path) -> Path:
     """A config path, relative to the repository root unless absolute."""
     path = Path(path)

@@ -26,10 +26,9 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from fer_demo.hub import sha256_file
 from fer_demo.labels import EXPRESSIONS
 from training.augment import AugmentConfig, random_similarity
-from training.checkpoint import load_checkpoint, save_checkpoint, write_json
+from training.checkpoint import init_seed, load_checkpoint, save_checkpoint, write_json
 from training.data import FaceSet, load_fer2013, prepare_in_chunks
 from training.inference import forward_batches
 from training.methods import Recipe, build_recipe
@@ -274,10 +273,7 @@ def batch_seed(config: dict[str, Any], run_dir: Path, resume: bool) -> int:
     if resume:
         state = json.loads((Path(run_dir) / "last.json").read_text(encoding="utf-8"))
         return state.get("batch_seed", config["seed"])  # runs written before the seed was recorded used the config's
-    if not config.get("init"):
-        return config["seed"]
-    digest = sha256_file(Path(config["init"]))
-    return int(np.random.SeedSequence([config["seed"], int(digest[:16], 16)]).generate_state(1)[0]) % 1_000_000
+    return init_seed(config["seed"], config.get("init"))
 
 
 def train(

@@ -36,6 +36,7 @@ from torch.nn import functional as F
 from fer_demo.models import create_model, get_card
 from fer_demo.models.gcnet import GCNet
 from training.augment import AugmentConfig
+from training.checkpoint import init_seed
 from training.generation_losses import contrastive_loss, generation_loss, reconstruction_loss
 from training.losses import softmax_loss
 from training.methods.base import Recipe, build_optimizer, resized_linear
@@ -46,6 +47,7 @@ from training.pairs import (
     PairBatches,
     load_generator,
     load_pair_data,
+    load_phase_init,
     pretrain_generator,
     resolve,
     unit_images,
@@ -98,10 +100,12 @@ def pretrain(config: dict[str, Any], run_dir: Path, *, data_dir: Path | None = N
     data = load_pair_data(data_dir, **config["pairs"])
     images = unit_images(data.faces.images, card)
     phase = GeneratorPhase(create_model(config["model"], **config.get("model_kwargs", {})), settings)
+    if config.get("init"):
+        load_phase_init(phase, resolve(config["init"]))
+    seed = init_seed(settings["seed"], config.get("init"))
     augment = AugmentConfig.from_dict(settings["augment"])
     batches = PairBatches(
-        images, data.faces.labels, data.faces.subjects, data.train_pairs, settings["batch_size"], augment,
-        settings["seed"],
+        images, data.faces.labels, data.faces.subjects, data.train_pairs, settings["batch_size"], augment, seed
     )  # fmt: skip
     pretrain_generator(
         phase,
@@ -110,7 +114,7 @@ def pretrain(config: dict[str, Any], run_dir: Path, *, data_dir: Path | None = N
         run_dir=run_dir,
         val=(images[data.val_pairs[:, 0]], images[data.val_pairs[:, 1]]),
         checkpoint_every=settings["checkpoint_every"],
-        info={"config": config, "train_pairs": len(data.train_pairs)},
+        info={"config": config, "train_pairs": len(data.train_pairs), "batch_seed": seed},
     )
     return write_report(phase.generate, data, card, run_dir, config["eval_identity"], data_dir=data_dir)
 

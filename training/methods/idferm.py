@@ -35,6 +35,7 @@ import torch
 from fer_demo.models import create_model, get_card
 from fer_demo.models.idferm import IDFERM
 from training.augment import AugmentConfig
+from training.checkpoint import init_seed
 from training.generation_losses import (
     discriminator_loss,
     feature_loss,
@@ -55,6 +56,7 @@ from training.pairs import (
     guiding_faces,
     load_generator,
     load_pair_data,
+    load_phase_init,
     pretrain_generator,
     resolve,
     unit_images,
@@ -168,12 +170,17 @@ def pretrain(config: dict[str, Any], run_dir: Path, *, data_dir: Path | None = N
     guiding = unit_images(guiding_faces(data, settings["guiding_fer2013"], data_dir), card)
     model = create_model(config["model"], **config.get("model_kwargs", {}))
     phase = HNGPhase(model, identity, settings)
+    if config.get("init"):
+        load_phase_init(phase, resolve(config["init"]))
+    seed = init_seed(settings["seed"], config.get("init"))
     augment = AugmentConfig.from_dict(settings["augment"])
     batches = PairBatches(
-        images, data.faces.labels, data.faces.subjects, data.train_pairs, settings["batch_size"], augment,
-        settings["seed"], guiding,
+        images, data.faces.labels, data.faces.subjects, data.train_pairs, settings["batch_size"], augment, seed,
+        guiding,
     )  # fmt: skip
-    info = {"config": config, "train_pairs": len(data.train_pairs), "guiding_faces": len(guiding)}
+    info = {
+        "config": config, "train_pairs": len(data.train_pairs), "guiding_faces": len(guiding), "batch_seed": seed
+    }  # fmt: skip
     pretrain_generator(
         phase,
         batches,
