@@ -491,6 +491,58 @@ def test_export_then_pretrained_load_round_trip(tmp_path, monkeypatch, use_store
     assert out.neutral.shape == (2, 1, 64, 64) and 0 <= out.neutral.min() and out.neutral.max() <= 1
 
 
+def test_a_newer_generator_replaces_idferms_without_moving_its_logits(tmp_path, monkeypatch, use_store):
+    from fer_demo.hub import load_manifest, save_state_dict, sha256_file, write_manifest_ensemble, write_manifest_entry
+    from training import export as export_module
+    from training.data import FaceSet
+
+    store = use_store(tmp_path / "weights")
+    rng = np.random.default_rng(0)
+    small = {
+        split: FaceSet(split, rng.integers(0, 256, (24, 48, 48), dtype=np.uint8), np.arange(24) % 7)
+        for split in ("PublicTest", "PrivateTest")
+    }
+    monkeypatch.setattr(export_module, "load_fer2013", lambda split, data_dir=None: small[split])
+    hashes = {}
+    for method in ("idferm", "gcnet"):  # exported weights with generator-dependent and other metrics
+        torch.manual_seed(0)
+        path = store / f"{method}.safetensors"
+        save_state_dict(export_module.half_round_trip(create_model(method).state_dict()), path)
+        metrics = {"ckplus7_10fold": {"accuracy": 0.9}, "ferplus_test": {"accuracy": 0.7}}
+        hashes[method] = write_manifest_entry(path.name, path, weights_dir=store, model=method, dtype="float16",
+                                              metrics=metrics)["sha256"]  # fmt: skip
+    write_manifest_ensemble({"idferm": 0.5, "gcnet": 0.5}, hashes, weights_dir=store)
+    before = load_file(store / "idferm.safetensors")
+
+    config = load_config("idferm", "cpu")
+    newer = hng_phase(config)
+    newer.step(pair_batch())
+    generator_info = {"config": {**config, "init": "weights/idferm.safetensors"}, "step": 7}
+    save_checkpoint(tmp_path / "pretrain", "generator", newer.state_tensors(), None, generator_info)
+    entry = export_module.replace_generator(
+        "idferm", tmp_path / "pretrain" / "generator.safetensors", weights_dir=store
+    )
+
+    after = load_file(store / "idferm.safetensors")
+    replaced = newer.state_tensors()
+    assert all(torch.equal(after[key], before[key]) for key in after.keys() - replaced.keys())
+    assert all(torch.equal(after[key], value.to(after[key].dtype)) for key, value in replaced.items())
+    assert entry["sha256"] == sha256_file(store / "idferm.safetensors") != hashes["idferm"]
+    assert entry["generator"]["steps"] == 7 and entry["generator"]["overrides"] == {
+        "init": "weights/idferm.safetensors"
+    }
+    assert "ckplus7_10fold" not in entry["metrics"] and entry["metrics"]["ferplus_test"] == {"accuracy": 0.7}
+    assert load_manifest(store)["ensemble"]["sha256"]["idferm"] == entry["sha256"]  # the logits did not move
+
+    torch.manual_seed(3)
+    gcnet_generator = GeneratorPhase(create_model("gcnet"), load_config("gcnet", "cpu")["pretrain"])
+    save_checkpoint(tmp_path / "gcnet-pretrain", "generator", gcnet_generator.state_tensors(), None, generator_info)
+    with pytest.raises(ValueError, match="depend on its generator"):
+        export_module.replace_generator(
+            "gcnet", tmp_path / "gcnet-pretrain" / "generator.safetensors", weights_dir=store
+        )
+
+
 # --- evaluation of a trained generator --------------------------------------------------------------------------
 
 

@@ -81,13 +81,16 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from training.export import export, record_metrics
+    from training.export import export, record_metrics, replace_generator
     from training.trainer import set_threads
 
     run_dir = args.run or REPO_ROOT / "runs" / args.model
     set_threads(args.threads)
     if args.metrics_only:
         record_metrics(args.model, run_dir, weights_dir=args.weights_dir, data_dir=args.data_dir)
+        return
+    if args.generator is not None:
+        replace_generator(args.model, args.generator, weights_dir=args.weights_dir, data_dir=args.data_dir)
         return
     export(run_dir, weights_dir=args.weights_dir, data_dir=args.data_dir)
 
@@ -214,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only add the run's eval/*.json reports (e.g. a later CK+ 10-fold run) to the manifest entry of the "
         "weights already exported, and measure those weights on FER2013 again",
+    )
+    export.add_argument(
+        "--generator",
+        type=Path,
+        help="idferm: put this newer generator pretraining (a generator.safetensors written by `pretrain`) into the "
+        "weights already exported, checking that the FER2013 logits do not move; CK+ and the neutral-face report "
+        "are then measured again with `evaluate` and added with --metrics-only",
     )
     export.set_defaults(handler=_export)
 

@@ -43,7 +43,7 @@ from training.calibrate import calibration_report, ensemble_report, split_logits
 from training.data import load_fer2013
 from training.evaluate import evaluate_faces, load_trained, logits_report, model_state, run_config
 from training.inference import predict_faces
-from training.pairs import PAIR_SETS, resolve
+from training.pairs import PAIR_SETS, load_generator, resolve
 from training.trainer import load_config, set_dotted
 from training.tsne import PERPLEXITY, build_reference_map, reference_sample
 
@@ -243,6 +243,84 @@ def calibrate(
             **report,
         )
     return updated
+
+
+LOGIT_ROUNDING = 1e-4
+"""Largest logit change `replace_generator` ascribes to float rounding (the batch holds queries and references)."""
+
+GENERATOR_METRICS = ("ckplus7_10fold", "neutral_reference")
+"""Manifest metrics that depend on a frozen generator: its neutral faces, and the CK+ folds, fine-tuned with the
+references it generates (the RML loss)."""
+
+
+def replace_generator(
+    model_name: str,
+    generator: Path,
+    *,
+    weights_dir: Path | None = None,
+    data_dir: Path | None = None,
+    repo: Path | None = None,
+) -> dict[str, Any]:
+    """Put a newer generator pretraining (``<pretrain run>/generator.safetensors``) into exported weights whose
+    classifier does not read the generator at test time (IDFERM: its logits come from the query alone).
+
+    The FER2013 logits are measured before and after the swap and must not move (`LOGIT_ROUNDING`), so the
+    calibration, the ensemble weights and the t-SNE map stay valid; the entry records the generator's provenance
+    and drops `GENERATOR_METRICS`, which ``evaluate --protocol ckplus --protocol neutral`` and ``export
+    --metrics-only`` measure again.
+
+    Returns:
+        The updated manifest entry.
+
+    Raises:
+        ValueError: The model's logits depend on its generator (GCNet): retrain it with the new generator instead.
+        fer_demo.hub.WeightsError: The model's weights are not in the manifest, or differ from their entry.
+    """
+    weights_dir = Path(weights_dir or default_weights_dir())
+    generator = Path(generator)
+    filename = get_card(model_name).weight_file
+    path = weights_dir / filename
+    fields = _exported_fields(filename, weights_dir)
+    manifest = load_manifest(weights_dir)
+    source = git_commit(repo or Path(__file__).resolve().parent.parent)
+    model = load_trained(model_name, path)
+    splits = {split: load_fer2013(split, data_dir) for split in ("PrivateTest", "PublicTest")}
+    before = split_logits(model, splits)
+    load_generator(model, generator)
+    logits = split_logits(model, splits)
+    shift = max(float(np.abs(logits[split] - before[split]).max()) for split in splits)
+    if shift > LOGIT_ROUNDING:
+        raise ValueError(
+            f"{model_name}'s logits depend on its generator (they moved by up to {shift:.3g}); train it again with "
+            "the new generator instead"
+        )
+    dtype = getattr(torch, fields["dtype"])
+    state = {key: value.to(dtype) if value.is_floating_point() else value for key, value in model.state_dict().items()}
+    save_state_dict(state, path, metadata={"format": "pt"})
+    fer2013 = {split: logits_report(faces, logits[split]) for split, faces in splits.items()}
+    info = json.loads(generator.with_suffix(".json").read_text(encoding="utf-8"))
+    metrics = {key: value for key, value in fields.get("metrics", {}).items() if key not in GENERATOR_METRICS}
+    fields["metrics"] = {
+        **metrics,
+        "fer2013_private_test": _headline(fer2013["PrivateTest"]),
+        "fer2013_public_test": _headline(fer2013["PublicTest"]),
+    }
+    fields["generator"] = {
+        "file": str(generator),
+        "sha256": sha256_file(generator),
+        "steps": info["step"],
+        "batch_seed": info.get("batch_seed"),
+        "overrides": config_overrides(info["config"]),
+    }
+    entry = write_manifest_entry(filename, path, weights_dir=weights_dir, **{**fields, **source})
+    ensemble = manifest.get("ensemble")
+    if ensemble and ensemble["sha256"].get(model_name) == manifest["files"][filename]["sha256"]:  # fitted on logits
+        hashes = {**ensemble.pop("sha256"), model_name: entry["sha256"]}  # that have not moved: it stays valid
+        write_manifest_ensemble(ensemble.pop("weights"), hashes, weights_dir=weights_dir, **ensemble)
+    logger.info(
+        "Replaced the generator of %s by %s; PrivateTest %.4f", path, generator, fer2013["PrivateTest"]["accuracy"]
+    )
+    return entry
 
 
 def _exported_fields(filename: str, weights_dir: Path) -> dict[str, Any]:
