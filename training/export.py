@@ -137,15 +137,19 @@ def _neutral_metrics(report: dict) -> dict[str, Any]:
     return {key: value for key, value in report.items() if key not in ("grid", "loss_identity")}
 
 
+def fer2013_metrics(fer2013: dict[str, dict]) -> dict[str, Any]:
+    """Manifest metrics of the FER2013 PrivateTest and PublicTest reports of the stored weights."""
+    return {
+        "fer2013_private_test": _headline(fer2013["PrivateTest"]),
+        "fer2013_public_test": _headline(fer2013["PublicTest"]),
+    }
+
+
 def collect_metrics(eval_dir: Path, fer2013: dict[str, dict], neutral: Path | None = None) -> dict[str, Any]:
     """Manifest metrics: FER2013 reports of the stored weights, whatever ``eval/*.json`` holds and, for the
     generative methods without an ``eval/neutral.json``, the neutral-face report of their generator pretraining
     (`neutral`)."""
-    metrics: dict[str, Any] = {
-        "fer2013_private_test": _headline(fer2013["PrivateTest"]),
-        "fer2013_public_test": _headline(fer2013["PublicTest"]),
-        **eval_metrics(eval_dir),
-    }
+    metrics: dict[str, Any] = {**fer2013_metrics(fer2013), **eval_metrics(eval_dir)}
     if "neutral_reference" not in metrics and neutral is not None and neutral.is_file():
         metrics["neutral_reference"] = _neutral_metrics(json.loads(neutral.read_text(encoding="utf-8")))
     return metrics
@@ -294,17 +298,12 @@ def replace_generator(
             f"{model_name}'s logits depend on its generator (they moved by up to {shift:.3g}); train it again with "
             "the new generator instead"
         )
-    dtype = getattr(torch, fields["dtype"])
-    state = {key: value.to(dtype) if value.is_floating_point() else value for key, value in model.state_dict().items()}
-    save_state_dict(state, path, metadata={"format": "pt"})
+    state = model.state_dict()
+    save_state_dict(half_round_trip(state) if fields["dtype"] == "float16" else state, path, metadata={"format": "pt"})
     fer2013 = {split: logits_report(faces, logits[split]) for split, faces in splits.items()}
     info = json.loads(generator.with_suffix(".json").read_text(encoding="utf-8"))
     metrics = {key: value for key, value in fields.get("metrics", {}).items() if key not in GENERATOR_METRICS}
-    fields["metrics"] = {
-        **metrics,
-        "fer2013_private_test": _headline(fer2013["PrivateTest"]),
-        "fer2013_public_test": _headline(fer2013["PublicTest"]),
-    }
+    fields["metrics"] = {**metrics, **fer2013_metrics(fer2013)}
     fields["generator"] = {
         "file": str(generator),
         "sha256": sha256_file(generator),
