@@ -444,6 +444,34 @@ def test_ckplus_folds_are_reused_only_for_the_same_weights_and_settings(tmp_path
 
 
 @needs_data
+def test_ckplus_folds_shared_between_calls_pool_as_one_run(tmp_path):
+    """Calls that fine-tune disjoint folds into one folder report once all are stored, as a single call would."""
+    from training import evaluate as evaluate_module
+
+    config = small_config("dacl")
+    config["finetune"] = {**config["finetune"], "epochs": 0}
+    tensors = build_recipe(config).state_tensors()
+    single = evaluate_module.ckplus_cross_validation(config, tensors, tmp_path / "single", n_splits=3)
+    shared = tmp_path / "shared"
+    assert evaluate_module.ckplus_cross_validation(config, tensors, shared, n_splits=3, folds=[2]) is None
+    assert sorted(path.name for path in shared.iterdir()) == ["fold_02.json"]
+    assert evaluate_module.ckplus_cross_validation(config, tensors, shared, n_splits=3, folds=range(1)) is None
+    pooled = evaluate_module.ckplus_cross_validation(config, tensors, shared, n_splits=3, folds=[1])
+    assert pooled["fold_accuracy"] == single["fold_accuracy"] and pooled["confusion"] == single["confusion"]
+
+
+def test_evaluate_folds_option_takes_one_based_ranges():
+    from training.__main__ import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["evaluate", "dacl", "--folds", "6-10"]).folds == range(5, 10)
+    assert parser.parse_args(["evaluate", "dacl", "--folds", "3"]).folds == range(2, 3)
+    for bad in ("0-4", "7-2", "a-b"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["evaluate", "dacl", "--folds", bad])
+
+
+@needs_data
 def test_evaluate_set_changes_the_ckplus_fine_tuning_and_records_it(tmp_path):
     """``evaluate --set finetune...`` fine-tunes the CK+ folds with the changed recipe and says so in ckplus.json."""
     from training.__main__ import main

@@ -55,6 +55,18 @@ def _pretrain(args: argparse.Namespace) -> None:
     pretrain(config, out if out.is_absolute() else REPO_ROOT / out, data_dir=args.data_dir)
 
 
+def _fold_range(text: str) -> range:
+    """``"FIRST-LAST"`` (1-based, inclusive) or one fold number -> the 0-based folds."""
+    first, _, last = text.partition("-")
+    try:
+        first_fold, last_fold = int(first), int(last or first)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FIRST-LAST, e.g. 1-5; got {text!r}") from None
+    if not 1 <= first_fold <= last_fold:
+        raise argparse.ArgumentTypeError(f"expected 1 <= FIRST <= LAST; got {text!r}")
+    return range(first_fold - 1, last_fold)
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from training.evaluate import PROTOCOLS, run_config, run_evaluation
     from training.trainer import set_threads
@@ -76,7 +88,13 @@ def _evaluate(args: argparse.Namespace) -> None:
         )
     config = _override(config, args.set)
     run_evaluation(
-        run_dir, protocols, weights=args.weights, baseline_run=baseline_run, data_dir=args.data_dir, config=config
+        run_dir,
+        protocols,
+        weights=args.weights,
+        baseline_run=baseline_run,
+        data_dir=args.data_dir,
+        config=config,
+        folds=args.folds,
     )
 
 
@@ -198,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a value of the run's config for this evaluation, e.g. --set finetune.optimizer.lr=0.01 "
         "(the CK+ fine-tuning; recorded in ckplus.json and in each fold's signature)",
+    )
+    evaluate.add_argument(
+        "--folds",
+        type=_fold_range,
+        metavar="FIRST-LAST",
+        help="fine-tune only these CK+ folds (1-10, e.g. 1-5), so that processes sharing the run folder split the "
+        "folds; ckplus.json is written by the call that finds all ten stored",
     )
     evaluate.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     evaluate.set_defaults(handler=_evaluate)

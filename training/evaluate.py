@@ -12,7 +12,8 @@ Protocols (each writes ``<run>/eval/<protocol>.json`` and, where it has one, a c
   the 7-way FER2013 head is replaced by a 7-way head over `training.data.CKPLUS_CLASSES` whose six basic rows
   start from the FER2013 rows and whose contempt row starts fresh (DACL's class centers likewise). Predictions of
   the ten test folds are pooled into one confusion matrix. Each fold is stored with what it depends on
-  (`fold_signature`), so an interrupted run resumes and a changed one fine-tunes again.
+  (`fold_signature`), so an interrupted run resumes, a changed one fine-tunes again, and processes given disjoint
+  ``folds`` share the work.
 - ``probe``: identity leakage. A logistic regression predicts the CK+ subject from a frozen embedding; it is fitted
   on alternate sequences of every subject with at least two sequences and tested on that subject's other
   sequences (other expressions). Reported for the model's expression embedding, the softmax baseline's embedding
@@ -35,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -222,7 +224,8 @@ def ckplus_cross_validation(
     data_dir: Path | None = None,
     n_splits: int = 10,
     seed: int = 0,
-) -> dict[str, Any]:
+    folds: Collection[int] | None = None,
+) -> dict[str, Any] | None:
     """CK+ 7-class subject-independent cross-validation with per-fold fine-tuning (see the module docstring).
 
     Args:
@@ -233,9 +236,11 @@ def ckplus_cross_validation(
         data_dir: Folder of the shared data sets.
         n_splits: Number of folds.
         seed: Seed of the fold assignment and of the fine-tuning.
+        folds: Fine-tune only these folds (0-based), e.g. to share the folds among processes that write to the
+            same `fold_dir`; stored folds are reused either way. Default all.
 
     Returns:
-        Pooled report over all test folds plus the per-fold accuracies.
+        Pooled report over all test folds plus the per-fold accuracies; None while some fold is not yet stored.
     """
     faces = load_ckplus(data_dir)
     labels = to_ckplus_head(faces.labels)
@@ -247,12 +252,14 @@ def ckplus_cross_validation(
     signature = fold_signature(config, fer_tensors, n_splits, seed)
     for fold, (train, test) in enumerate(ckplus_folds(faces, n_splits, seed)):
         path = Path(fold_dir) / f"fold_{fold:02d}.json"
-        if path.is_file():
-            done = json.loads(path.read_text(encoding="utf-8"))
-            if done.get("signature") == signature:
-                predictions[done["test"]] = done["predictions"]
-                fold_accuracy.append(done["accuracy"])
-                continue
+        done = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if done.get("signature") == signature:
+            predictions[done["test"]] = done["predictions"]
+            fold_accuracy.append(done["accuracy"])
+            continue
+        if folds is not None and fold not in folds:
+            continue
+        if done:
             logger.warning("%s was made with other weights or settings; fine-tuning that fold again", path)
         torch.manual_seed(seed + fold)
         recipe = build_recipe(config)
@@ -289,6 +296,11 @@ def ckplus_cross_validation(
         )
         predictions[test] = fold_predictions
         fold_accuracy.append(accuracy)
+    if len(fold_accuracy) < n_splits:
+        logger.info(
+            "CK+: %d of %d folds stored in %s; the report waits for the others", len(fold_accuracy), n_splits, fold_dir
+        )
+        return None
     report = summarize(labels, predictions, CKPLUS_CLASSES)
     report.update(
         data="ckplus (7 classes, subject-independent 10-fold)",
@@ -318,6 +330,7 @@ def run_evaluation(
     baseline_run: Path | None = None,
     data_dir: Path | None = None,
     config: dict[str, Any] | None = None,
+    folds: Collection[int] | None = None,
 ) -> dict[str, Any]:
     """Run protocols on a training run and write ``<run>/eval/<protocol>.json`` plus confusion HTML files.
 
@@ -330,6 +343,8 @@ def run_evaluation(
         data_dir: Folder of the shared data sets.
         config: The run's config with changes for this evaluation (e.g. another CK+ ``finetune``); default the
             run's own config.
+        folds: CK+ folds (0-based) this call fine-tunes (`ckplus_cross_validation`); ``ckplus.json`` is written
+            once all ten are stored.
 
     Returns:
         Protocol name -> results.
@@ -360,7 +375,10 @@ def run_evaluation(
             tensors = {
                 key: value.float() if value.is_floating_point() else value for key, value in load_file(start).items()
             }
-            result = {"ckplus7": ckplus_cross_validation(config, tensors, out / "ckplus_folds", data_dir=data_dir)}
+            report = ckplus_cross_validation(config, tensors, out / "ckplus_folds", data_dir=data_dir, folds=folds)
+            if report is None:
+                continue
+            result = {"ckplus7": report}
         elif protocol == "expression_probe":
             result = expression_probe(model, data_dir)
         elif protocol == "neutral":
