@@ -19,7 +19,7 @@ from fer_demo.models import create_model
 from tests.conftest import make_weight_store, needs_data
 from training import export as export_module
 from training.augment import AugmentConfig
-from training.calibrate import fit_pool, fit_temperature
+from training.calibrate import MIN_NLL_GAIN, calibration_report, fit_pool, fit_temperature
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import FaceSet, load_fer2013
 from training.methods import build_recipe
@@ -332,6 +332,20 @@ def test_fit_temperature_recovers_the_temperature_labels_were_drawn_with():
         assert fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.05)
 
 
+def test_calibration_keeps_raw_probabilities_when_a_temperature_barely_helps():
+    rng = np.random.default_rng(2)
+    logits = {split: rng.normal(0, 3, (20000, 7)) for split in ("fit", "other")}
+    labels = {}
+    for split, values in logits.items():  # labels drawn from softmax(logits): calibrated as they are
+        p = torch.as_tensor(values).softmax(-1).numpy()
+        labels[split] = (p.cumsum(1) > rng.random((len(p), 1))).argmax(1)
+    report = calibration_report(logits, labels, "fit")
+    assert report["fitted_temperature"] == pytest.approx(1.0, abs=0.05) and report["nll_gain"] < MIN_NLL_GAIN
+    assert report["temperature"] == 1.0 and report["other"]["nll"][0] == report["other"]["nll"][1]
+    over_confident = calibration_report({split: 2 * values for split, values in logits.items()}, labels, "fit")
+    assert over_confident["temperature"] == pytest.approx(2.0, rel=0.05) and over_confident["nll_gain"] > MIN_NLL_GAIN
+
+
 def test_fit_pool_recovers_the_weights_labels_were_drawn_with():
     rng = np.random.default_rng(1)
     first, second = rng.normal(0, 2, (2, 20000, 7))
@@ -403,7 +417,9 @@ def test_shipped_temperatures_calibrate_held_out_faces(name, use_store):
     use_store(default_weights_dir())
     predictor = Predictor.load([name])
     model = predictor.models[name]
-    assert model.temperature != 1.0, "the manifest entry has no calibration: run `python -m training calibrate`"
+    entry = load_manifest(default_weights_dir())["files"][f"{name}.safetensors"]
+    assert "calibration" in entry, "the manifest entry has no calibration: run `python -m training calibrate`"
+    assert model.temperature == entry["calibration"]["temperature"]
     faces = load_fer2013("PrivateTest")
     images, labels = faces.images, faces.labels
     probs = predictor.predict_crops(images)[name]
