@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from training.data import DEFAULT_DATA_DIR
+from training.data import CKPLUS_SPLITS, DEFAULT_DATA_DIR
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,8 +62,8 @@ def _fold_range(text: str) -> range:
         first_fold, last_fold = int(first), int(last or first)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected FIRST-LAST, e.g. 1-5; got {text!r}") from None
-    if not 1 <= first_fold <= last_fold:
-        raise argparse.ArgumentTypeError(f"expected 1 <= FIRST <= LAST; got {text!r}")
+    if not 1 <= first_fold <= last_fold <= CKPLUS_SPLITS:
+        raise argparse.ArgumentTypeError(f"expected 1 <= FIRST <= LAST <= {CKPLUS_SPLITS}; got {text!r}")
     return range(first_fold - 1, last_fold)
 
 

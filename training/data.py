@@ -30,6 +30,7 @@ from fer_demo.preprocess import prepare
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
+CKPLUS_SPLITS = 10  # folds of the CK+ subject-independent cross-validation
 """``../shared/datasets`` relative to the repository root."""
 
 CLASSES: tuple[str, ...] = (*EXPRESSIONS, "contempt")
@@ -210,7 +211,7 @@ def to_ckplus_head(labels: np.ndarray) -> np.ndarray:
     return np.where(labels == CONTEMPT, len(CKPLUS_CLASSES) - 1, labels)
 
 
-def ckplus_folds(faces: FaceSet, n_splits: int = 10, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def ckplus_folds(faces: FaceSet, n_splits: int = CKPLUS_SPLITS, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """Subject-independent stratified folds: every subject (hence every sequence) lies in one test fold.
 
     Returns:

@@ -55,6 +55,7 @@ from training.augment import AugmentConfig
 from training.checkpoint import write_json
 from training.data import (
     CKPLUS_CLASSES,
+    CKPLUS_SPLITS,
     CROSS_DATASETS,
     ckplus_folds,
     identity_probe_split,
@@ -222,7 +223,7 @@ def ckplus_cross_validation(
     fold_dir: Path,
     *,
     data_dir: Path | None = None,
-    n_splits: int = 10,
+    n_splits: int = CKPLUS_SPLITS,
     seed: int = 0,
     folds: Collection[int] | None = None,
 ) -> dict[str, Any] | None:
