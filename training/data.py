@@ -30,8 +30,10 @@ from fer_demo.preprocess import prepare
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
-CKPLUS_SPLITS = 10  # folds of the CK+ subject-independent cross-validation
 """``../shared/datasets`` relative to the repository root."""
+
+CKPLUS_SPLITS = 10
+"""Folds of the CK+ subject-independent cross-validation."""
 
 CLASSES: tuple[str, ...] = (*EXPRESSIONS, "contempt")
 """Label space of every `FaceSet`: the seven expressions (indices 0-6) and contempt (`CONTEMPT` = 7)."""
