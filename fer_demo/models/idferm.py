@@ -257,6 +257,7 @@ IDFERM_CARD = ModelCard(
     std=(0.25,),
     equalize="hist",
     embedding_dim=METRIC_DIM,
+    flip_average=True,
     notes=_NOTES,
 )
 
