@@ -2,7 +2,8 @@
 
 Ours: `Predictor.predict_crops` (the path of the app and of the manifest numbers) on each set; the ensemble is
 `Predictor.ensemble` of the models' probabilities, as the app shows it. CK+ 10-fold (fine-tuned per fold) numbers
-are read from the weight manifest, where `python -m training export` records them. Peers: each runner classifies
+are read from the weight manifest, where `python -m training export` records them (the ensemble's where
+`python -m training calibrate --ckplus-folds` pooled the models' folds). Peers: each runner classifies
 the same crops in its own environment (see `benchmarks.peers`); its class names are mapped to ours by name, and a
 class it lacks is reported, its faces counted as errors.
 
@@ -80,7 +81,11 @@ def score(probs: np.ndarray, names: list[str], faces: FaceSet) -> dict[str, Any]
 
 
 def evaluate_ours(
-    predictor: Predictor, sets: dict[str, FaceSet], weights: dict[str, Any], complete: bool = True
+    predictor: Predictor,
+    sets: dict[str, FaceSet],
+    weights: dict[str, Any],
+    complete: bool = True,
+    ensemble_record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Reports of each loaded model and of their ensemble on every set.
 
@@ -89,6 +94,8 @@ def evaluate_ours(
         sets: Evaluation sets.
         weights: Per model, its `benchmarks.common.weights_info` entry.
         complete: Whether the sets are complete, so FER2013 PrivateTest can be checked against the manifest.
+        ensemble_record: The manifest's ensemble record; its CK+ 10-fold report is the ensemble's when it was fitted
+            for exactly the loaded weight files.
     """
     models: dict[str, Any] = {}
     ensemble: dict[str, dict[str, np.ndarray]] = {name: {} for name in sets}
@@ -115,26 +122,30 @@ def evaluate_ours(
             "results": results,
         }
     if len(predictor.models) > 1:
+        loaded = {name: (weights.get(name) or {}).get("sha256") for name in predictor.models}
+        fitted = ensemble_record if ensemble_record and ensemble_record.get("sha256") == loaded else {}
+        results = {
+            set_name: score(predictor.ensemble(probs), list(CLASSES[:7]), sets[set_name])
+            for set_name, probs in ensemble.items()
+        }
         models["ensemble"] = {
             "kind": "ensemble",
             "title": f"log-linear pool of {', '.join(predictor.models)}",
             "weights": predictor.ensemble_weights,
             "trained": all(m["trained"] for m in models.values()),
             "classes": list(CLASSES[:7]),
-            "results": {
-                set_name: score(predictor.ensemble(probs), list(CLASSES[:7]), sets[set_name])
-                for set_name, probs in ensemble.items()
-            },
+            "results": {**results, **manifest_results(fitted, "python -m training calibrate --ckplus-folds")},
         }
     return models
 
 
-def manifest_results(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The CK+ 10-fold report recorded in a model's manifest metrics, marked with its source."""
+def manifest_results(metrics: dict[str, Any], command: str = "python -m training evaluate/export") -> dict[str, Any]:
+    """The CK+ 10-fold report recorded in a model's manifest metrics (or the ensemble record), marked with its
+    source."""
     report = metrics.get("ckplus7_10fold")
     if not report:
         return {}
-    return {"ckplus7_10fold": {**report, "source": "weights/manifest.json (python -m training evaluate/export)"}}
+    return {"ckplus7_10fold": {**report, "source": f"weights/manifest.json ({command})"}}
 
 
 def manifest_check(results: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any] | None:
@@ -247,7 +258,8 @@ def run(
     models: dict[str, Any] = {}
     if not peers_only:
         predictor = predictor or Predictor.load()
-        models.update(evaluate_ours(predictor, sets, weights, complete=not quick and limit is None))
+        complete = not quick and limit is None
+        models.update(evaluate_ours(predictor, sets, weights, complete, metadata["weights"]["ensemble"]))
     peers_source = None
     if ours_only:
         cached, peers_source = cached_peers(out_dir, peers_from)

@@ -87,17 +87,19 @@ def versions(distributions: tuple[str, ...] = DISTRIBUTIONS) -> dict[str, str | 
 
 
 def weights_info() -> dict[str, Any]:
-    """Per model: its manifest entry's SHA-256, data, metrics and calibration, and whether it is a trained model.
+    """Per model: its manifest entry's SHA-256, data, metrics and calibration, and whether it is a trained model;
+    and the manifest's ensemble record.
 
     An entry without training provenance (``data``) is an untrained placeholder: results from it measure the
     pipeline only.
     """
     folder = default_weights_dir()
     try:
-        files = load_manifest(folder)["files"]
+        manifest = load_manifest(folder)
     except WeightsError as error:
         logger.warning("No usable weights manifest: %s", error)
-        files = {}
+        manifest = {}
+    files = manifest.get("files", {})
     models = {}
     for name in list_models():
         entry = files.get(get_card(name).weight_file)
@@ -114,7 +116,7 @@ def weights_info() -> dict[str, Any]:
                 "calibration": entry.get("calibration"),
             }
         )
-    return {"folder": str(folder), "models": models}
+    return {"folder": str(folder), "models": models, "ensemble": manifest.get("ensemble")}
 
 
 def run_metadata(argv: list[str]) -> dict[str, Any]:

@@ -91,7 +91,8 @@ def accuracy_table(result: dict[str, Any], file_name: str) -> list[str]:
     lines += [
         "",
         f"Accuracy (mean per-class accuracy), %. Faces: {sizes}. CK+ all: 54 contempt faces, a class no model has, "
-        "count as errors. CK+ 10-fold: fine-tuned per fold, from `weights/manifest.json`.",
+        "count as errors. CK+ 10-fold: fine-tuned per fold, from `weights/manifest.json`; the ensemble's pools the "
+        "models fine-tuned on the other nine folds with the app's weights.",
     ]
     if result.get("pipeline_only"):
         lines.append(

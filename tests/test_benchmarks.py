@@ -128,6 +128,25 @@ def test_a_class_the_classifier_lacks_is_reported_and_counted_as_errors():
         accuracy.class_mapping(["angry", "unknown"])
 
 
+def test_the_ensemble_reports_the_manifests_ckplus_pool_only_for_the_weight_files_it_was_fitted_for(
+    tmp_path, use_store
+):
+    use_store(make_weight_store(tmp_path / "weights", ["dacl", "ed2l"]))
+    weights = common.weights_info()["models"]
+    predictor = Predictor.load(["dacl", "ed2l"])
+    faces = {"toy": FaceSet("toy", np.random.default_rng(0).integers(0, 256, (7, 48, 48), np.uint8), np.arange(7))}
+    pooled = {"accuracy": 0.95, "mean_class_accuracy": 0.93, "n": 981}
+    record = {"sha256": {name: weights[name]["sha256"] for name in ("dacl", "ed2l")}, "ckplus7_10fold": pooled}
+
+    models = accuracy.evaluate_ours(predictor, faces, weights, complete=False, ensemble_record=record)
+    source = "weights/manifest.json (python -m training calibrate --ckplus-folds)"
+    assert models["ensemble"]["results"]["ckplus7_10fold"] == {**pooled, "source": source}
+    assert set(models["ensemble"]["results"]) == {"toy", "ckplus7_10fold"}
+    other = {**record, "sha256": {**record["sha256"], "ed2l": "0" * 64}}
+    models = accuracy.evaluate_ours(predictor, faces, weights, complete=False, ensemble_record=other)
+    assert set(models["ensemble"]["results"]) == {"toy"}
+
+
 @pytest.mark.parametrize("name", ["ckplus", "jaffe", "rafd_subset", "nimstim_subset", "yale_faces"])
 def test_the_small_evaluation_sets_load_with_their_documented_sizes(name):
     if not (DEFAULT_DATA_DIR / f"{name}.npz").is_file():

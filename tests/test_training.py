@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -476,6 +477,52 @@ def test_ckplus_folds_shared_between_calls_pool_as_one_run(tmp_path):
     assert pooled["fold_accuracy"] == single["fold_accuracy"] and pooled["confusion"] == single["confusion"]
 
 
+@needs_data
+def test_calibrate_pools_the_ckplus_folds_of_exactly_the_weight_files(tmp_path, monkeypatch, use_store):
+    """The ensemble record holds the app's pool over the models fine-tuned per fold: each face pooled from the
+    models that did not see its fold, each model's accuracy that of its own folds; folds of other weights, of
+    another fold assignment or without logits are refused."""
+    from fer_demo.ensemble import log_linear_pool
+    from training import evaluate as evaluate_module
+
+    names = ["dacl", "ed2l"]
+    store = use_store(make_weight_store(tmp_path / "weights", names))
+    small = {split: synthetic_faces(70, seed=i, name=split) for i, split in enumerate(["PublicTest", "PrivateTest"])}
+    monkeypatch.setattr(export_module, "load_fer2013", lambda split, data_dir=None: small[split])
+    folders, reports = {}, {}
+    for name in names:
+        config = small_config(name)
+        config["finetune"] = {**config["finetune"], "epochs": 0}
+        tensors = evaluate_module.float_tensors(store / f"{name}.safetensors")
+        folders[name] = tmp_path / name
+        reports[name] = evaluate_module.ckplus_cross_validation(config, tensors, folders[name], n_splits=2)
+
+    with pytest.raises(ValueError, match="every model"):
+        export_module.calibrate(names, weights_dir=store, ckplus_folds={"dacl": folders["dacl"]})
+    swapped = {"dacl": folders["ed2l"], "ed2l": folders["dacl"]}
+    with pytest.raises(ValueError, match="other weights"):
+        export_module.calibrate(names, weights_dir=store, ckplus_folds=swapped)
+
+    record = export_module.calibrate(names, weights_dir=store, ckplus_folds=folders)["ensemble"]
+    assert load_manifest(store)["ensemble"] == record
+    pooled = record["ckplus7_10fold"]
+    assert pooled["n"] == 981 and len(pooled["fold_accuracy"]) == 2
+    assert pooled["models"] == pytest.approx({name: reports[name]["accuracy"] for name in names})
+    stored = {name: evaluate_module.stored_fold_logits(folders[name], store / f"{name}.safetensors") for name in names}
+    temperatures = {
+        name: load_manifest(store)["files"][f"{name}.safetensors"]["calibration"]["temperature"] for name in names
+    }
+    probs = {name: torch.as_tensor(stored[name]["logits"] / temperatures[name]).softmax(-1).numpy() for name in names}
+    expected = log_linear_pool(probs, record["weights"]).argmax(1) == stored["dacl"]["labels"]
+    assert pooled["accuracy"] == pytest.approx(expected.mean())
+
+    fold = json.loads((folders["ed2l"] / "fold_01.json").read_text())
+    del fold["logits"]
+    (folders["ed2l"] / "fold_01.json").write_text(json.dumps(fold))
+    with pytest.raises(ValueError, match="no logits"):
+        export_module.calibrate(names, weights_dir=store, ckplus_folds=folders)
+
+
 def test_evaluate_folds_option_takes_one_based_ranges():
     from training.__main__ import build_parser
 
@@ -485,6 +532,17 @@ def test_evaluate_folds_option_takes_one_based_ranges():
     for bad in ("0-4", "7-2", "a-b", "9-11"):
         with pytest.raises(SystemExit):
             parser.parse_args(["evaluate", "dacl", "--folds", bad])
+
+
+def test_calibrate_ckplus_folds_option_names_a_folder_per_model():
+    from training.__main__ import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["calibrate", "dacl", "ed2l", "--ckplus-folds", "dacl=a/b", "--ckplus-folds", "ed2l=c"])
+    assert dict(args.ckplus_folds) == {"dacl": Path("a/b"), "ed2l": Path("c")}
+    for bad in ("dacl", "=a", "dacl="):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["calibrate", "dacl", "ed2l", "--ckplus-folds", bad])
 
 
 @needs_data

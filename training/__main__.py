@@ -67,6 +67,14 @@ def _fold_range(text: str) -> range:
     return range(first_fold - 1, last_fold)
 
 
+def _model_folder(text: str) -> tuple[str, Path]:
+    """``"MODEL=FOLDER"`` -> (model, folder)."""
+    name, sep, folder = text.partition("=")
+    if not sep or not name or not folder:
+        raise argparse.ArgumentTypeError(f"expected MODEL=FOLDER, e.g. dacl=runs/dacl/eval/ckplus_folds; got {text!r}")
+    return name, Path(folder)
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from training.evaluate import PROTOCOLS, run_config, run_evaluation
     from training.trainer import set_threads
@@ -118,7 +126,8 @@ def _calibrate(args: argparse.Namespace) -> None:
     from training.trainer import set_threads
 
     set_threads(args.threads)
-    updated = calibrate(args.models, weights_dir=args.weights_dir, data_dir=args.data_dir)
+    folds = dict(args.ckplus_folds)
+    updated = calibrate(args.models, weights_dir=args.weights_dir, data_dir=args.data_dir, ckplus_folds=folds)
     summary = {name: entry.get("calibration", entry) for name, entry in updated.items()}
     print(json.dumps(summary, indent=2))
 
@@ -264,6 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
         "models", nargs="+", choices=methods[:-1], help="registered models to calibrate (all four for the ensemble)"
     )
     calibrate.add_argument("--weights-dir", type=Path, help="weight store (default weights/ or FER_DEMO_WEIGHTS_DIR)")
+    calibrate.add_argument(
+        "--ckplus-folds",
+        action="append",
+        default=[],
+        type=_model_folder,
+        metavar="MODEL=FOLDER",
+        help="the CK+ folds of a model's weight file (<run>/eval/ckplus_folds of `evaluate --weights weights/"
+        "<model>.safetensors --protocol ckplus`); given for every model, the ensemble record also holds the pool's "
+        "CK+ 10-fold accuracy",
+    )
     calibrate.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     calibrate.set_defaults(handler=_calibrate)
     return parser

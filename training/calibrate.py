@@ -10,7 +10,7 @@ within what changes between FER2013's two test splits, and on PrivateTest such a
 
 The ensemble the app shows is a log-linear pool of the calibrated probabilities (`fer_demo.ensemble`), whose weights
 are fitted the same way on PublicTest, over all models at once, and measured with that same function
-(`ensemble_report`).
+(`ensemble_report`; on CK+, over the models fine-tuned per fold, `ckplus_pool_report`).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import torch.nn.functional as F
 
 from fer_demo.ensemble import log_linear_pool
 from fer_demo.models import FerModel
-from training.data import FaceSet
+from training.data import CKPLUS_CLASSES, FaceSet
 from training.inference import predict_faces
-from training.metrics import expected_calibration_error, negative_log_likelihood
+from training.metrics import expected_calibration_error, negative_log_likelihood, summarize
 
 MIN_NLL_GAIN = 0.005
 """Least drop of the fitting split's mean NLL (nats) for which the fitted temperature is applied. An IDFERM whose
@@ -127,6 +127,42 @@ def ensemble_report(
         "weights": weights,
         "accuracy": accuracy,
     }
+
+
+def ckplus_pool_report(
+    logits: dict[str, np.ndarray],
+    labels: np.ndarray,
+    folds: list[np.ndarray],
+    temperatures: dict[str, float],
+    weights: dict[str, float],
+) -> dict[str, Any]:
+    """The app's pool (`log_linear_pool` of the calibrated probabilities, with the weights fitted on FER2013) over
+    the models fine-tuned on CK+ per fold: every face is pooled from the models that did not see its fold.
+
+    Args:
+        logits: model name -> (N, 7) CK+ logits from `training.evaluate.stored_fold_logits`.
+        labels: (N,) `training.data.CKPLUS_CLASSES` indices.
+        folds: Test indices of each fold.
+        temperatures: model name -> its calibration temperature.
+        weights: model name -> its ensemble weight.
+
+    Returns:
+        The pool's `training.metrics.summarize` report with its per-fold accuracies, and each model's accuracy on
+        the same faces.
+    """
+    probs = {name: _softmax(values, temperatures[name]) for name, values in logits.items()}
+    predictions = log_linear_pool(probs, weights).argmax(1)
+    fold_accuracy = [float((predictions[test] == labels[test]).mean()) for test in folds]
+    report = summarize(labels, predictions, CKPLUS_CLASSES)
+    report.update(
+        data="ckplus (7 classes, subject-independent 10-fold)",
+        method="log-linear pool of the per-fold fine-tuned models' calibrated probabilities",
+        fold_accuracy=fold_accuracy,
+        fold_accuracy_mean=float(np.mean(fold_accuracy)),
+        fold_accuracy_std=float(np.std(fold_accuracy)),
+        models={name: float((p.argmax(1) == labels).mean()) for name, p in probs.items()},
+    )
+    return report
 
 
 def split_logits(model: FerModel, splits: dict[str, FaceSet]) -> dict[str, np.ndarray]:

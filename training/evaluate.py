@@ -203,11 +203,21 @@ def expression_probe(
     }
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state as the CK+ folds record their starting weights (its tensors serialised, float32)."""
+    return hashlib.sha256(save(tensors)).hexdigest()
+
+
+def float_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, floating-point ones as float32 (the CK+ fine-tuning's starting state)."""
+    return {key: value.float() if value.is_floating_point() else value for key, value in load_file(path).items()}
+
+
 def fold_signature(config: dict[str, Any], fer_tensors: dict[str, torch.Tensor], n_splits: int, seed: int) -> dict:
     """What a stored CK+ fold result depends on besides its fold: the starting weights, the fine-tuning recipe, the
     augmentation, the test-time view (`ModelCard.flip_average`) and the fold assignment."""
     signature = {
-        "weights_sha256": hashlib.sha256(save(fer_tensors)).hexdigest(),
+        "weights_sha256": tensors_digest(fer_tensors),
         "finetune": config["finetune"],
         "augment": config.get("augment"),
         "flip_average": get_card(config["model"]).flip_average,
@@ -281,7 +291,8 @@ def ckplus_cross_validation(
             augment=AugmentConfig.from_dict(config.get("augment")),
             seed=seed + fold,
         )
-        fold_predictions = predict_faces(recipe.model, faces.images[test])["logits"].argmax(1)
+        fold_logits = predict_faces(recipe.model, faces.images[test])["logits"]
+        fold_predictions = fold_logits.argmax(1)
         accuracy = float((fold_predictions == labels[test]).mean())
         logger.info("CK+ fold %d/%d: %d test faces, accuracy %.4f", fold + 1, n_splits, len(test), accuracy)
         write_json(
@@ -289,6 +300,7 @@ def ckplus_cross_validation(
                 "fold": fold,
                 "test": test.tolist(),
                 "predictions": fold_predictions.tolist(),
+                "logits": np.round(fold_logits, 5).tolist(),
                 "accuracy": accuracy,
                 "subjects": sorted(set(faces.subjects[test].tolist())),
                 "signature": signature,
@@ -311,6 +323,47 @@ def ckplus_cross_validation(
         finetune=finetune,
     )
     return report
+
+
+def stored_fold_logits(fold_dir: Path, weights: Path, data_dir: Path | None = None) -> dict[str, Any]:
+    """The logits a finished `ckplus_cross_validation` stored for every CK+ face, checked against `weights`.
+
+    Args:
+        fold_dir: Folder of the ``fold_XX.json`` files (``<run>/eval/ckplus_folds``); the number of folds and their
+            seed are those its first fold records.
+        weights: The weight file the folds must have been fine-tuned from.
+        data_dir: Folder of the shared data sets.
+
+    Returns:
+        "logits": (N, 7) logits of each face by the model fine-tuned without its fold, in `load_ckplus` order;
+        "labels": (N,) `training.data.CKPLUS_CLASSES` indices; "folds": the test indices of each fold.
+
+    Raises:
+        ValueError: A fold is missing, was fine-tuned from other weights or on another fold assignment, or stores
+            no logits (fold files written before they were recorded).
+    """
+    faces = load_ckplus(data_dir)
+    digest = tensors_digest(float_tensors(weights))
+    logits = np.zeros((len(faces), len(CKPLUS_CLASSES)), dtype=np.float32)
+    tests = []
+
+    def read(fold: int) -> dict[str, Any]:
+        path = Path(fold_dir) / f"fold_{fold:02d}.json"
+        if not path.is_file():
+            raise ValueError(f"{path} is missing: run `python -m training evaluate ... --protocol ckplus` first")
+        return {**json.loads(path.read_text(encoding="utf-8")), "path": path}
+
+    first = read(0)["signature"]
+    for fold, (_, test) in enumerate(ckplus_folds(faces, first["n_splits"], first["seed"])):
+        done = read(fold)
+        path = done["path"]
+        if "logits" not in done:
+            raise ValueError(f"{path} stores predictions but no logits; remove it and fine-tune that fold again")
+        if done["signature"]["weights_sha256"] != digest or done["test"] != test.tolist():
+            raise ValueError(f"{path} was fine-tuned from other weights than {weights} or on other folds")
+        logits[test] = done["logits"]
+        tests.append(test)
+    return {"logits": logits, "labels": to_ckplus_head(faces.labels), "folds": tests}
 
 
 def _write_confusions(reports: dict[str, dict], prefix: str, folder: Path) -> None:
@@ -373,10 +426,9 @@ def run_evaluation(
             result = evaluate_cross(model, data_dir)
         elif protocol == "ckplus":
             start = run_dir / "best.safetensors" if (run_dir / "best.safetensors").is_file() else weights
-            tensors = {
-                key: value.float() if value.is_floating_point() else value for key, value in load_file(start).items()
-            }
-            report = ckplus_cross_validation(config, tensors, out / "ckplus_folds", data_dir=data_dir, folds=folds)
+            report = ckplus_cross_validation(
+                config, float_tensors(start), out / "ckplus_folds", data_dir=data_dir, folds=folds
+            )
             if report is None:
                 continue
             result = {"ckplus7": report}

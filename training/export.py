@@ -39,9 +39,16 @@ from fer_demo.hub import (
     write_manifest_entry,
 )
 from fer_demo.models import FerModel, get_card
-from training.calibrate import calibration_report, ensemble_report, split_logits
+from training.calibrate import calibration_report, ckplus_pool_report, ensemble_report, split_logits
 from training.data import load_fer2013
-from training.evaluate import evaluate_faces, load_trained, logits_report, model_state, run_config
+from training.evaluate import (
+    evaluate_faces,
+    load_trained,
+    logits_report,
+    model_state,
+    run_config,
+    stored_fold_logits,
+)
 from training.inference import predict_faces
 from training.pairs import PAIR_SETS, load_generator, resolve
 from training.trainer import load_config, set_dotted
@@ -215,19 +222,43 @@ def record_metrics(
 
 
 def calibrate(
-    models: list[str], *, weights_dir: Path | None = None, data_dir: Path | None = None
+    models: list[str],
+    *,
+    weights_dir: Path | None = None,
+    data_dir: Path | None = None,
+    ckplus_folds: dict[str, Path] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Fit the temperature of already exported weights (`training.calibrate`) and record it in their manifest
     entries; with several models, also fit the ensemble weights over them and record them in the manifest. The
     weight files and every other field of their entries stay as they are.
+
+    Args:
+        models: Registered model names.
+        weights_dir: Weight store (default `fer_demo.hub.default_weights_dir()`).
+        data_dir: Folder of the shared data sets.
+        ckplus_folds: model name -> the CK+ fold folder (``<run>/eval/ckplus_folds``) of its weight file, for every
+            model: the ensemble record then also holds the pool's CK+ 10-fold report (`ckplus_pool_report`).
 
     Returns:
         model name -> its updated manifest entry, plus "ensemble" -> the ensemble record for several models.
 
     Raises:
         fer_demo.hub.WeightsError: A model's weights are not in the manifest, or differ from their entry.
+        ValueError: `ckplus_folds` given for one model, or not for every model, or folds that do not fit
+            (`training.evaluate.stored_fold_logits`).
     """
     weights_dir = Path(weights_dir or default_weights_dir())
+    ckplus = None
+    if ckplus_folds:
+        if len(models) < 2 or set(ckplus_folds) != set(models):
+            raise ValueError(f"CK+ folds pool an ensemble: give them for every model of {models}, not {ckplus_folds}")
+        ckplus = {
+            name: stored_fold_logits(ckplus_folds[name], weights_dir / get_card(name).weight_file, data_dir)
+            for name in models
+        }
+        assignments = {name: [test.tolist() for test in stored["folds"]] for name, stored in ckplus.items()}
+        if any(folds != assignments[models[0]] for folds in assignments.values()):
+            raise ValueError("The models' CK+ folds hold other faces: fine-tune them with the same folds and seed")
     splits = {split: load_fer2013(split, data_dir) for split in ("PublicTest", "PrivateTest")}
     labels = {split: faces.labels for split, faces in splits.items()}
     fields = {name: _exported_fields(get_card(name).weight_file, weights_dir) for name in models}
@@ -240,6 +271,15 @@ def calibrate(
     if len(models) > 1:
         temperatures = {name: fields[name]["calibration"]["temperature"] for name in models}
         report = ensemble_report(logits, temperatures, labels, "PublicTest")
+        if ckplus is not None:
+            first = ckplus[models[0]]
+            report["ckplus7_10fold"] = ckplus_pool_report(
+                {name: stored["logits"] for name, stored in ckplus.items()},
+                first["labels"],
+                first["folds"],
+                temperatures,
+                report["weights"],
+            )
         updated["ensemble"] = write_manifest_ensemble(
             report.pop("weights"),
             {name: updated[name]["sha256"] for name in models},
