@@ -497,7 +497,7 @@ def test_calibrate_pools_the_ckplus_folds_of_exactly_the_weight_files(tmp_path, 
         folders[name] = tmp_path / name
         reports[name] = evaluate_module.ckplus_cross_validation(config, tensors, folders[name], n_splits=2)
 
-    with pytest.raises(ValueError, match="every model"):
+    with pytest.raises(ValueError, match="two or more"):
         export_module.calibrate(names, weights_dir=store, ckplus_folds={"dacl": folders["dacl"]})
     swapped = {"dacl": folders["ed2l"], "ed2l": folders["dacl"]}
     with pytest.raises(ValueError, match="other weights"):

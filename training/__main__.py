@@ -280,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_model_folder,
         metavar="MODEL=FOLDER",
         help="the CK+ folds of a model's weight file (<run>/eval/ckplus_folds of `evaluate --weights weights/"
-        "<model>.safetensors --protocol ckplus`); given for every model, the ensemble record also holds the pool's "
-        "CK+ 10-fold accuracy",
+        "<model>.safetensors --protocol ckplus`); given for two or more models, the ensemble record also holds the "
+        "CK+ 10-fold accuracy of their pool",
     )
     calibrate.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     calibrate.set_defaults(handler=_calibrate)

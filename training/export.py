@@ -236,28 +236,29 @@ def calibrate(
         models: Registered model names.
         weights_dir: Weight store (default `fer_demo.hub.default_weights_dir()`).
         data_dir: Folder of the shared data sets.
-        ckplus_folds: model name -> the CK+ fold folder (``<run>/eval/ckplus_folds``) of its weight file, for every
-            model: the ensemble record then also holds the pool's CK+ 10-fold report (`ckplus_pool_report`).
+        ckplus_folds: model name -> the CK+ fold folder (``<run>/eval/ckplus_folds``) of its weight file, for two
+            or more of the models: the ensemble record then also holds the CK+ 10-fold report of the pool of those
+            models with their fitted weights (`ckplus_pool_report`; its ``models`` names them).
 
     Returns:
         model name -> its updated manifest entry, plus "ensemble" -> the ensemble record for several models.
 
     Raises:
         fer_demo.hub.WeightsError: A model's weights are not in the manifest, or differ from their entry.
-        ValueError: `ckplus_folds` given for one model, or not for every model, or folds that do not fit
+        ValueError: `ckplus_folds` given for one model or for a model not in `models`, or folds that do not fit
             (`training.evaluate.stored_fold_logits`).
     """
     weights_dir = Path(weights_dir or default_weights_dir())
     ckplus = None
     if ckplus_folds:
-        if len(models) < 2 or set(ckplus_folds) != set(models):
-            raise ValueError(f"CK+ folds pool an ensemble: give them for every model of {models}, not {ckplus_folds}")
+        if len(ckplus_folds) < 2 or not set(ckplus_folds) <= set(models):
+            raise ValueError(f"CK+ folds pool an ensemble: give them for two or more of {models}, not {ckplus_folds}")
         ckplus = {
-            name: stored_fold_logits(ckplus_folds[name], weights_dir / get_card(name).weight_file, data_dir)
-            for name in models
+            name: stored_fold_logits(folder, weights_dir / get_card(name).weight_file, data_dir)
+            for name, folder in ckplus_folds.items()
         }
-        assignments = {name: [test.tolist() for test in stored["folds"]] for name, stored in ckplus.items()}
-        if any(folds != assignments[models[0]] for folds in assignments.values()):
+        assignments = [[test.tolist() for test in stored["folds"]] for stored in ckplus.values()]
+        if any(folds != assignments[0] for folds in assignments):
             raise ValueError("The models' CK+ folds hold other faces: fine-tune them with the same folds and seed")
     splits = {split: load_fer2013(split, data_dir) for split in ("PublicTest", "PrivateTest")}
     labels = {split: faces.labels for split, faces in splits.items()}
@@ -272,13 +273,13 @@ def calibrate(
         temperatures = {name: fields[name]["calibration"]["temperature"] for name in models}
         report = ensemble_report(logits, temperatures, labels, "PublicTest")
         if ckplus is not None:
-            first = ckplus[models[0]]
+            first = next(iter(ckplus.values()))
             report["ckplus7_10fold"] = ckplus_pool_report(
                 {name: stored["logits"] for name, stored in ckplus.items()},
                 first["labels"],
                 first["folds"],
                 temperatures,
-                report["weights"],
+                {name: report["weights"][name] for name in ckplus},
             )
         updated["ensemble"] = write_manifest_ensemble(
             report.pop("weights"),
