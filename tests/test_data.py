@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -13,6 +14,7 @@ from tests.conftest import needs_data
 from training.augment import AugmentConfig, random_similarity
 from training.data import (
     CKPLUS_CLASSES,
+    POSED_FACE_BOX,
     ckplus_folds,
     ferplus_majority,
     identity_probe_split,
@@ -20,6 +22,8 @@ from training.data import (
     load_cross,
     load_fer2013,
     load_ferplus,
+    load_posed,
+    load_posed_like_ckplus,
     prepare_in_chunks,
     to_ckplus_head,
 )
@@ -104,6 +108,24 @@ def test_cross_datasets_load_in_the_seven_expression_space(name):
     faces = load_cross(name)
     assert len(faces) > 0 and faces.subjects is not None
     assert faces.labels.min() >= 0 and faces.labels.max() <= 6
+
+
+@needs_data
+def test_posed_faces_join_ckplus_framed_like_it_without_neutral():
+    names = ["jaffe", "nimstim_subset", "yale_faces"]
+    faces = load_posed_like_ckplus(names)
+    expressive = [load_posed(name) for name in names]
+    expressive = [posed.subset(posed.labels != EXPRESSIONS.index("neutral")) for posed in expressive]
+    assert faces.images.shape == (sum(map(len, expressive)), 48, 48) == (183 + 73 + 44, 48, 48)
+    assert set(faces.labels.tolist()) == set(range(6))  # the six basic expressions, no neutral
+    assert (
+        np.bincount(faces.labels).tolist()
+        == np.sum([np.bincount(s.labels, minlength=6) for s in expressive], 0).tolist()
+    )
+    box = expressive[0].images[0][POSED_FACE_BOX]
+    assert box.shape == (107, 106)  # the Haar box: 128 / 1.2 pixels
+    assert np.abs(faces.images[0].astype(int) - cv2.resize(box, (48, 48), interpolation=cv2.INTER_AREA)).max() == 0
+    assert len(load_posed_like_ckplus([])) == 0
 
 
 @needs_data

@@ -461,6 +461,27 @@ def test_ckplus_folds_are_reused_only_for_the_same_weights_and_settings(tmp_path
 
 
 @needs_data
+def test_ckplus_fine_tuning_adds_the_named_posed_sets_to_the_training_folds_only(tmp_path, monkeypatch):
+    """``finetune.extra_sets`` appends the posed faces to every fold's training faces; the tests stay CK+ alone."""
+    from training import evaluate as evaluate_module
+    from training.data import load_ckplus, load_posed_like_ckplus
+
+    config = small_config("dacl")
+    config["finetune"] = {**config["finetune"], "epochs": 0, "extra_sets": ["nimstim_subset"]}
+    seen = []
+    monkeypatch.setattr(evaluate_module, "fit", lambda recipe, inputs, labels, **kwargs: seen.append(labels))
+    report = evaluate_module.ckplus_cross_validation(config, build_recipe(config).state_tensors(), tmp_path, n_splits=2)
+    posed = load_posed_like_ckplus(["nimstim_subset"])
+    assert len(posed) == 73 and report["n"] == len(load_ckplus())
+    for fold, labels in enumerate(seen):
+        test = json.loads((tmp_path / f"fold_{fold:02d}.json").read_text())["test"]
+        assert len(labels) == len(load_ckplus()) - len(test) + len(posed)
+        assert labels[-len(posed) :].tolist() == posed.labels.tolist()
+    signature = evaluate_module.fold_signature(config, build_recipe(config).state_tensors(), 2, 0)
+    assert signature["finetune"]["extra_sets"] == ["nimstim_subset"]
+
+
+@needs_data
 def test_ckplus_folds_shared_between_calls_pool_as_one_run(tmp_path):
     """Calls that fine-tune disjoint folds into one folder report once all are stored, as a single call would."""
     from training import evaluate as evaluate_module

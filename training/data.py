@@ -9,16 +9,18 @@ Files (described in ``../shared/datasets/README.md``):
 - ``fer2013.npz``: FER2013 (``usage`` 0/1/2 = Training/PublicTest/PrivateTest) and the FER+ votes.
 - ``ckplus.npz``: CK+48, the three peak frames of the 327 labelled sequences (118 subjects; contempt, no neutral).
 - ``jaffe.npz``, ``rafd_subset.npz``, ``nimstim_subset.npz``, ``yale_faces.npz``: 128x128 posed faces with
-  subject ids, used for cross-data set evaluation.
+  subject ids, used for cross-data set evaluation (and, optionally, as extra CK+ fine-tuning faces).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
@@ -62,6 +64,10 @@ CROSS_DATASETS = ("ckplus", "jaffe", "rafd_subset", "nimstim_subset", "yale_face
 """Sets used for cross-data set evaluation of FER2013-trained models."""
 
 _POSED_SETS = ("jaffe", "rafd_subset", "nimstim_subset", "yale_faces")
+
+POSED_FACE_BOX = (slice(5, 112), slice(11, 117))
+"""Rows and columns of the Haar face box inside a 128x128 posed crop (the crop is 1.2 times the box, its centre
+0.05 box heights below the box's): the framing of CK+48's faces."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +205,23 @@ def load_posed(name: str, data_dir: Path | str | None = None) -> FaceSet:
     labels = data["labels"].astype(np.int64)
     keep = labels >= 0
     return FaceSet(name, data["images"][keep], labels[keep], data["subject"][keep].astype(np.int64))
+
+
+def load_posed_like_ckplus(names: Sequence[str], data_dir: Path | str | None = None) -> FaceSet:
+    """The six basic expressions of posed sets, framed and sized like CK+48 (`POSED_FACE_BOX` at 48x48).
+
+    Neutral faces are dropped, since the CK+ head has no neutral class; the result joins CK+ fine-tuning data.
+    """
+    sets = [load_posed(name, data_dir) for name in names]
+    sets = [faces.subset(faces.labels != EXPRESSIONS.index("neutral")) for faces in sets]
+    images = [
+        cv2.resize(image[POSED_FACE_BOX], (48, 48), interpolation=cv2.INTER_AREA) for s in sets for image in s.images
+    ]
+    return FaceSet(
+        "+".join(names),
+        np.asarray(images, np.uint8).reshape(-1, 48, 48),
+        np.concatenate([faces.labels for faces in sets] or [np.zeros(0, np.int64)]),
+    )
 
 
 def load_cross(name: str, data_dir: Path | str | None = None) -> FaceSet:

@@ -63,6 +63,7 @@ from training.data import (
     load_cross,
     load_fer2013,
     load_ferplus,
+    load_posed_like_ckplus,
     prepare_in_chunks,
     to_ckplus_head,
 )
@@ -240,7 +241,9 @@ def ckplus_cross_validation(
     """CK+ 7-class subject-independent cross-validation with per-fold fine-tuning (see the module docstring).
 
     Args:
-        config: The method config; its ``finetune`` entry sets epochs, batch size, optimizer and schedule.
+        config: The method config; its ``finetune`` entry sets epochs, batch size, optimizer and schedule, and
+            ``extra_sets`` names posed sets whose faces join every fold's training faces
+            (`training.data.load_posed_like_ckplus`).
         fer_tensors: FER2013 training state (``best.safetensors`` of the run).
         fold_dir: Folder of the per-fold results (``fold_XX.json``); a finished fold is reused when its
             `fold_signature` matches, and run again otherwise.
@@ -256,6 +259,7 @@ def ckplus_cross_validation(
     faces = load_ckplus(data_dir)
     labels = to_ckplus_head(faces.labels)
     finetune = config["finetune"]
+    extra = load_posed_like_ckplus(finetune.get("extra_sets", ()), data_dir)
     predictions = np.full(len(faces), -1)
     fold_accuracy = []
     card = None
@@ -279,11 +283,12 @@ def ckplus_cross_validation(
         recipe.reset_optimizer(finetune["optimizer"])
         if inputs is None or card != recipe.model.card:
             card = recipe.model.card
-            inputs = prepare_in_chunks(faces.images, card)
+            inputs = prepare_in_chunks(np.concatenate([faces.images, extra.images]), card)
+        train = np.concatenate([train, len(faces) + np.arange(len(extra))])
         fit(
             recipe,
             inputs[train],
-            labels[train],
+            np.concatenate([labels, extra.labels])[train],
             epochs=finetune["epochs"],
             batch_size=finetune["batch_size"],
             optimizer=finetune["optimizer"],
