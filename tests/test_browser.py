@@ -58,6 +58,18 @@ def _upload(page, path: Path) -> None:
     page.locator("input[type=file]").first.set_input_files(str(path))
 
 
+def _wait_for_texts(page, selector: str, texts: list[str], timeout: int = 60_000) -> None:
+    """Wait until the elements matching `selector` show every one of `texts` (Gradio fills its blocks one by one)."""
+    page.wait_for_function(
+        """([selector, texts]) => {
+            const shown = [...document.querySelectorAll(selector)].map((element) => element.innerText).join("\\n");
+            return texts.every((text) => shown.includes(text));
+        }""",
+        arg=[selector, texts],
+        timeout=timeout,
+    )
+
+
 def test_upload_shows_every_visualisation(playwright_instance, app_server, astronaut, tmp_path):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     photo = tmp_path / "astronaut.jpg"
@@ -70,12 +82,15 @@ def test_upload_shows_every_visualisation(playwright_instance, app_server, astro
     assert "gcnet" in _message(page) and "ed2l" in _message(page)
     # overview, DACL attention, a t-SNE map per model (plotly draws them after the message, slower on a busy machine)
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 1 + 1 + 4", timeout=60_000)
-    labels = " ".join(page.locator("[data-testid='block-label']").all_inner_texts())
-    for name in ("dacl", "ed2l", "gcnet", "idferm"):
-        assert f"{name}: expression" in labels and f"{name}: t-SNE position" in labels
-    assert "idferm: pictures" in labels and "ed2l: pictures" in labels and "dacl: attention weights" in labels
+    labels = [
+        f"{name}: {what}" for name in ("dacl", "ed2l", "gcnet", "idferm") for what in ("expression", "t-SNE position")
+    ]
+    pictures = ["idferm: pictures", "ed2l: pictures", "dacl: attention weights"]
+    _wait_for_texts(page, "[data-testid='block-label']", [*labels, *pictures])
+    # the galleries' captions: IDFERM's and GCNet's generated neutral faces, ED²L's heat-maps
+    _wait_for_texts(page, ".caption-label", ["generated neutral", "distilling branch"])
     captions = page.locator(".caption-label").all_inner_texts()
-    assert captions.count("generated neutral") == 2 and "distilling branch" in captions
+    assert captions.count("generated neutral") == 2, captions
     # the method columns line up although IDFERM's title wraps to more lines than the others
     tops = [
         page.locator("[data-testid='block-label']", has_text=f"{name}: expression").bounding_box()["y"]
