@@ -260,6 +260,8 @@ def ckplus_cross_validation(
     labels = to_ckplus_head(faces.labels)
     finetune = config["finetune"]
     extra = load_posed_like_ckplus(finetune.get("extra_sets", ()), data_dir)
+    extra_rows = len(faces) + np.arange(len(extra))  # where the extra faces follow CK+'s in `inputs`
+    train_labels = np.concatenate([labels, extra.labels])
     predictions = np.full(len(faces), -1)
     fold_accuracy = []
     card = None
@@ -284,11 +286,11 @@ def ckplus_cross_validation(
         if inputs is None or card != recipe.model.card:
             card = recipe.model.card
             inputs = prepare_in_chunks(np.concatenate([faces.images, extra.images]), card)
-        train = np.concatenate([train, len(faces) + np.arange(len(extra))])
+        fit_rows = np.concatenate([train, extra_rows])
         fit(
             recipe,
-            inputs[train],
-            np.concatenate([labels, extra.labels])[train],
+            inputs[fit_rows],
+            train_labels[fit_rows],
             epochs=finetune["epochs"],
             batch_size=finetune["batch_size"],
             optimizer=finetune["optimizer"],
