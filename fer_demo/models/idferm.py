@@ -212,9 +212,7 @@ class IDFERM(FerModel):
         return self.distance(f.unsqueeze(1).expand(n, c, -1), centers.unsqueeze(0).expand(n, c, -1))
 
     def forward(self, x: torch.Tensor) -> IDFERMOutput:
-        mean, std = self.card.mean[0], self.card.std[0]
-        reference = self.generator(x * std + mean)
-        reference_input = (reference - mean) / std
+        reference, reference_input = self._reference(x)
         if self.training:  # queries and references each normalised by their own batch; the running statistics,
             logits, f = self.rml(x)  # which normalise at test time, are the queries' (the faces being classified)
             with _running_statistics_kept(self.rml):
@@ -222,6 +220,28 @@ class IDFERM(FerModel):
         else:  # running statistics: one pass over both gives the same outputs in less time
             logits, both = self.rml(torch.cat([x, reference_input]))
             logits, (f, f_ref) = logits[: len(x)], both.split(len(x))
+        return self._output(logits, f, reference, f_ref)
+
+    def infer(self, x: torch.Tensor) -> IDFERMOutput:
+        """`FerModel.infer` without the mirror image's unused outputs: its logits come from the query alone, so
+        the generator runs on `x` only and the RML network takes `x`, its mirror image and the reference in one
+        batch (the same outputs as `FerModel.infer`, in about two thirds of the time)."""
+        if self.training or not self.card.flip_average:
+            return super().infer(x)
+        n = len(x)
+        reference, reference_input = self._reference(x)
+        logits, f = self.rml(torch.cat([x, x.flip(-1), reference_input]))
+        return self._output((logits[:n] + logits[n : 2 * n]) / 2, f[:n], reference, f[2 * n :])
+
+    def _reference(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The generated reference of `x` (normalised input) as a [0, 1] image and as normalised input."""
+        mean, std = self.card.mean[0], self.card.std[0]
+        reference = self.generator(x * std + mean)
+        return reference, (reference - mean) / std
+
+    def _output(
+        self, logits: torch.Tensor, f: torch.Tensor, reference: torch.Tensor, f_ref: torch.Tensor
+    ) -> IDFERMOutput:
         return IDFERMOutput(
             logits=logits,
             embedding=f,
