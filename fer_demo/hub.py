@@ -12,7 +12,8 @@ Trained weights live in ``weights/`` at the repository root (``FER_DEMO_WEIGHTS_
     }
 
 - ``format``: manifest version, always 1.
-- ``hub``: the Hugging Face Hub model repository and revision the files are published to. The environment variables
+- ``hub``: the Hugging Face Hub model repository and revision the files are published to (``python -m training
+  publish`` uploads them and pins the commit it made, `write_manifest_hub`). The environment variables
   ``FER_DEMO_HUB_REPO`` and ``FER_DEMO_HUB_REVISION`` override them; ``HF_ENDPOINT`` is read at call time.
 - ``files``: one entry per weight file, keyed by its bare file name, with its lowercase hex ``sha256`` and its
   ``size`` in bytes. ``model`` names the model the file belongs to; every other key (``dtype``, ``data``,
@@ -64,7 +65,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_HUB_REPO = "fer-demo/fer-demo-weights"
 """Hub repository of the published weights when neither the manifest nor ``FER_DEMO_HUB_REPO`` names one."""
 DEFAULT_HUB_REVISION = "main"
-"""Revision written into a newly created manifest; pin a commit once weights are published."""
+"""Revision written into a newly created manifest; ``python -m training publish`` pins the commit it makes."""
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 ETAG_TIMEOUT_S = 5.0
@@ -352,6 +353,21 @@ def write_manifest_ensemble(
     manifest["ensemble"] = ensemble
     _write_manifest(weights_dir / MANIFEST_NAME, manifest)
     return ensemble
+
+
+def write_manifest_hub(repo_id: str, revision: str, *, weights_dir: Path | None = None) -> dict[str, str]:
+    """Point the manifest at the Hub repository and revision the files are published to (``hub``).
+
+    Raises:
+        WeightsError: The existing manifest is malformed, or `repo_id` or `revision` is empty.
+    """
+    weights_dir = Path(weights_dir or default_weights_dir())
+    if not repo_id or not revision:
+        raise WeightsError(f"Cannot record the Hub target in {weights_dir / MANIFEST_NAME}: empty repo_id or revision.")
+    manifest = _manifest_or_new(weights_dir)
+    manifest["hub"] = {"repo_id": repo_id, "revision": revision}
+    _write_manifest(weights_dir / MANIFEST_NAME, manifest)
+    return manifest["hub"]
 
 
 def _manifest_or_new(weights_dir: Path) -> dict[str, Any]:

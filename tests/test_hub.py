@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from huggingface_hub import try_to_load_from_cache
+from huggingface_hub import CommitInfo, try_to_load_from_cache
+from huggingface_hub import constants as hf_constants
 
 from fer_demo import hub
 from fer_demo.hub import (
@@ -32,11 +33,14 @@ from fer_demo.hub import (
     write_manifest_entry,
 )
 from tests.conftest import FakeHub
+from training.__main__ import main as training_main
+from training.publish import publish
 
 FILENAME = "dacl.safetensors"
 REPO_ID = hub.DEFAULT_HUB_REPO
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 CLOSED_ENDPOINT = "http://127.0.0.1:9"
+PUBLISHED = "fedcba9876543210fedcba9876543210fedcba98"
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +94,13 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
 
 
 def populate_cache(
-    cache_dir: Path, content: bytes, *, repo_id: str = REPO_ID, revision: str = "main", blob_name: str | None = None
+    cache_dir: Path,
+    content: bytes,
+    *,
+    repo_id: str = REPO_ID,
+    revision: str = "main",
+    blob_name: str | None = None,
+    commit: str = COMMIT,
 ) -> Path:
     """Lay a file out in the cache exactly as hf_hub_download does for an LFS file; return its snapshot path.
 
@@ -101,12 +111,12 @@ def populate_cache(
     blob = repo_folder / "blobs" / blob_name
     blob.parent.mkdir(parents=True, exist_ok=True)
     blob.write_bytes(content)
-    snapshot = repo_folder / "snapshots" / COMMIT / FILENAME
+    snapshot = repo_folder / "snapshots" / commit / FILENAME
     snapshot.parent.mkdir(parents=True, exist_ok=True)
     snapshot.symlink_to(Path("..", "..", "blobs", blob_name))
     refs = repo_folder / "refs"
     refs.mkdir(exist_ok=True)
-    (refs / revision).write_text(COMMIT)  # no trailing newline: huggingface_hub reads the ref verbatim
+    (refs / revision).write_text(commit)  # no trailing newline: huggingface_hub reads the ref verbatim
     return snapshot
 
 
@@ -416,3 +426,100 @@ def test_no_unsafe_deserialisation_in_package() -> None:
         if forbidden.search(line)
     ]
     assert not offenders, "fer_demo must load weights with safetensors only:\n" + "\n".join(offenders)
+
+
+class RecordingHubApi:
+    """Stands in for `huggingface_hub.HfApi` in `training.publish` (real uploads need the Hub and a token): records
+    each call and keeps the files of the uploaded folder."""
+
+    def __init__(self, oid: str) -> None:
+        self.oid, self.calls, self.uploaded = oid, [], {}
+
+    def create_repo(self, repo_id: str, **kwargs: object) -> None:
+        self.calls.append(("create_repo", repo_id, kwargs))
+
+    def upload_folder(self, *, repo_id: str, folder_path: str, **kwargs: object) -> CommitInfo:
+        self.calls.append(("upload_folder", repo_id, kwargs))
+        self.uploaded = {path.name: path.read_bytes() for path in Path(folder_path).iterdir()}
+        return CommitInfo(
+            commit_url=f"https://huggingface.co/{repo_id}/commit/{self.oid}",
+            commit_message=str(kwargs["commit_message"]),
+            commit_description="",
+            oid=self.oid,
+        )
+
+
+def test_publish_uploads_the_store_in_one_commit_that_the_manifest_then_pins(store: Path, cache_dir: Path) -> None:
+    content = (store / FILENAME).read_bytes()
+    populate_cache(cache_dir, content, repo_id="someone/weights")  # an earlier commit of the branch, cached
+    api = RecordingHubApi(PUBLISHED)
+
+    commit = publish(weights_dir=store, repo_id="someone/weights", api=api)
+
+    assert [(name, repo) for name, repo, _ in api.calls] == [
+        ("create_repo", "someone/weights"),
+        ("upload_folder", "someone/weights"),
+    ]
+    assert api.calls[0][2]["exist_ok"] is True
+    assert api.calls[1][2]["revision"] == "main"
+    assert api.calls[1][2]["delete_patterns"] == "*.safetensors"  # weight files no longer listed leave the Hub
+    assert sorted(api.uploaded) == sorted([FILENAME, "manifest.json", "README.md"])
+    assert api.uploaded[FILENAME] == content
+    staged = json.loads(api.uploaded["manifest.json"])
+    assert staged["files"] == load_manifest(store)["files"]
+    assert staged["hub"] == {"repo_id": "someone/weights", "revision": "main"}
+    assert commit.oid == PUBLISHED
+    assert load_manifest(store)["hub"] == {"repo_id": "someone/weights", "revision": PUBLISHED}
+
+    # the app now loads that commit only: not the branch's earlier cached commit, and the published one once cached
+    (store / FILENAME).unlink()
+    with pytest.raises(WeightsNotFoundError):
+        resolve_weights(FILENAME, weights_dir=store, offline=True, cache_dir=cache_dir)
+    populate_cache(cache_dir, api.uploaded[FILENAME], repo_id="someone/weights", commit=PUBLISHED)
+    resolved = resolve_weights(FILENAME, weights_dir=store, offline=True, cache_dir=cache_dir)
+    assert resolved.source is WeightSource.CACHE
+    assert PUBLISHED in resolved.path.parts
+
+
+def test_publish_refuses_a_file_that_fails_its_checksum_and_uploads_nothing(store: Path) -> None:
+    manifest = (store / "manifest.json").read_bytes()
+    path = store / FILENAME
+    content = bytearray(path.read_bytes())
+    content[-1] ^= 0xFF
+    path.write_bytes(bytes(content))
+    api = RecordingHubApi(PUBLISHED)
+
+    with pytest.raises(ChecksumError, match=re.escape(FILENAME)):
+        publish(weights_dir=store, api=api)
+    assert api.calls == []
+    assert (store / "manifest.json").read_bytes() == manifest
+
+
+def test_publish_offline_says_why_and_leaves_the_manifest(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets when the process starts
+    manifest = (store / "manifest.json").read_bytes()
+
+    with pytest.raises(SystemExit, match=r"Not published: .*offline mode"):
+        training_main(["publish", "--weights-dir", str(store), "--repo", "someone/weights"])
+    assert (store / "manifest.json").read_bytes() == manifest
+
+
+def test_publish_dry_run_stages_the_bundled_weights_and_a_card_with_their_accuracy(tmp_path: Path) -> None:
+    weights_dir = hub.default_weights_dir()
+    manifest_bytes = (weights_dir / "manifest.json").read_bytes()
+    manifest = load_manifest(weights_dir)
+    out = tmp_path / "staged"
+
+    training_main(["publish", "--dry-run", str(out)])
+
+    assert sorted(path.name for path in out.iterdir()) == sorted([*manifest["files"], "manifest.json", "README.md"])
+    for name, entry in manifest["files"].items():
+        assert sha256_file(out / name) == entry["sha256"]
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("---\nlicense: other\n")
+    for name, entry in manifest["files"].items():
+        if "metrics" in entry:
+            accuracy = entry["metrics"]["fer2013_private_test"]["accuracy"]
+            assert f"| `{name}` | {entry['model']} | weights | {entry['dtype']} |" in card
+            assert f"| {100 * accuracy:.2f} |" in card
+    assert (weights_dir / "manifest.json").read_bytes() == manifest_bytes

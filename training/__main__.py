@@ -1,4 +1,5 @@
-"""Command line: ``python -m training {pretrain,train,evaluate,export,calibrate} ...`` (see ``training/README.md``)."""
+"""Command line: ``python -m training {pretrain,train,evaluate,export,calibrate,publish} ...``
+(see ``training/README.md``)."""
 
 from __future__ import annotations
 
@@ -130,6 +131,22 @@ def _calibrate(args: argparse.Namespace) -> None:
     updated = calibrate(args.models, weights_dir=args.weights_dir, data_dir=args.data_dir, ckplus_folds=folds)
     summary = {name: entry.get("calibration", entry) for name, entry in updated.items()}
     print(json.dumps(summary, indent=2))
+
+
+def _publish(args: argparse.Namespace) -> None:
+    from fer_demo.hub import WeightsError
+    from training.publish import publish, stage
+
+    try:
+        if args.dry_run is not None:
+            args.dry_run.mkdir(parents=True, exist_ok=True)
+            names = stage(args.dry_run, weights_dir=args.weights_dir, repo_id=args.repo, branch=args.branch)
+            print("\n".join(str(args.dry_run / name) for name in names))
+            return
+        commit = publish(weights_dir=args.weights_dir, repo_id=args.repo, branch=args.branch, private=args.private)
+    except (WeightsError, OSError) as error:  # OSError: the Hub's HTTP errors, no connection, offline mode
+        raise SystemExit(f"Not published: {error}") from None
+    print(f"{commit.commit_url}\nThe manifest now pins revision {commit.oid}; commit weights/manifest.json.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,6 +302,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     calibrate.set_defaults(handler=_calibrate)
+
+    publish = commands.add_parser(
+        "publish",
+        help="upload the weight store to the Hugging Face Hub and pin the manifest to that commit",
+        description="Check every file weights/manifest.json lists against its SHA-256, upload them with the "
+        "manifest and a generated model card (README.md) to a Hub model repository in one commit (creating the "
+        "repository if needed, deleting weight files it no longer lists), then write that repository and commit "
+        "into the manifest's hub field. Needs a Hub token (HF_TOKEN or `hf auth login`) with write access.",
+    )
+    publish.add_argument("--repo", help="Hub model repository, e.g. user/fer-demo-weights (default: the manifest's)")
+    publish.add_argument("--branch", default="main", help="branch to commit to (default main)")
+    publish.add_argument("--private", action="store_true", help="create a missing repository as private")
+    publish.add_argument("--weights-dir", type=Path, help="weight store (default weights/ or FER_DEMO_WEIGHTS_DIR)")
+    publish.add_argument(
+        "--dry-run",
+        type=Path,
+        metavar="FOLDER",
+        help="only write what would be uploaded (the checked files, manifest, README.md) into FOLDER; no Hub access",
+    )
+    publish.set_defaults(handler=_publish)
     return parser
 
 
