@@ -173,6 +173,21 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def content_problem(path: Path, entry: dict[str, Any], *, always_hash: bool = True) -> str | None:
+    """Why a file does not match its manifest entry, or None when it does.
+
+    A size mismatch is reported without hashing unless ``always_hash`` asks for the actual hash too.
+    """
+    expected = entry["sha256"]
+    size = path.stat().st_size
+    if size != entry["size"] and not always_hash:
+        return f"size {size} bytes, expected {entry['size']} bytes"
+    actual = sha256_file(path)
+    if actual == expected and size == entry["size"]:
+        return None
+    return f"expected sha256 {expected} ({entry['size']} bytes), got sha256 {actual} ({size} bytes)"
+
+
 def resolve_weights(
     filename: str,
     *,
@@ -227,7 +242,7 @@ def resolve_weights(
 
     bundled = weights_dir / filename
     if bundled.is_file():
-        problem = _content_problem(bundled, entry, always_hash=True)
+        problem = content_problem(bundled, entry, always_hash=True)
         if problem is not None:
             raise ChecksumError(
                 f"Bundled weights file '{filename}' at {bundled} does not match {weights_dir / MANIFEST_NAME}: "
@@ -359,13 +374,14 @@ def write_manifest_hub(repo_id: str, revision: str, *, weights_dir: Path | None 
     """Point the manifest at the Hub repository and revision the files are published to (``hub``).
 
     Raises:
-        WeightsError: The existing manifest is malformed, or `repo_id` or `revision` is empty.
+        WeightsError: The existing manifest is malformed, or `repo_id` or `revision` is not a non-empty string.
     """
     weights_dir = Path(weights_dir or default_weights_dir())
-    if not repo_id or not revision:
-        raise WeightsError(f"Cannot record the Hub target in {weights_dir / MANIFEST_NAME}: empty repo_id or revision.")
     manifest = _manifest_or_new(weights_dir)
     manifest["hub"] = {"repo_id": repo_id, "revision": revision}
+    problems = _manifest_problems(manifest)
+    if problems:
+        raise WeightsError(f"Cannot record the Hub target in {weights_dir / MANIFEST_NAME}: {'; '.join(problems)}.")
     _write_manifest(weights_dir / MANIFEST_NAME, manifest)
     return manifest["hub"]
 
@@ -515,27 +531,12 @@ def _from_hub(hub: _HubTarget, filename: str, cache_dir: Path | None, misses: li
 def _accept(
     path: Path, source: WeightSource, filename: str, entry: dict[str, Any], misses: list[str]
 ) -> ResolvedWeights | None:
-    problem = _content_problem(path, entry, always_hash=False)
+    problem = content_problem(path, entry, always_hash=False)
     if problem is None:
         return ResolvedWeights(path, source, entry["sha256"], filename, entry)
     logger.warning("Ignoring the %s copy of %s at %s: %s; falling back.", source.value, filename, path, problem)
     misses.append(f"the {source.value} copy at {path} does not match the manifest ({problem})")
     return None
-
-
-def _content_problem(path: Path, entry: dict[str, Any], *, always_hash: bool) -> str | None:
-    """Why a file does not match its manifest entry, or None when it does.
-
-    A size mismatch is reported without hashing unless ``always_hash`` asks for the actual hash too.
-    """
-    expected = entry["sha256"]
-    size = path.stat().st_size
-    if size != entry["size"] and not always_hash:
-        return f"size {size} bytes, expected {entry['size']} bytes"
-    actual = sha256_file(path)
-    if actual == expected and size == entry["size"]:
-        return None
-    return f"expected sha256 {expected} ({entry['size']} bytes), got sha256 {actual} ({size} bytes)"
 
 
 def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:

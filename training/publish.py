@@ -9,7 +9,6 @@ downloads exactly the files just published; commit the manifest afterwards.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -22,9 +21,9 @@ from fer_demo.hub import (
     MANIFEST_NAME,
     ChecksumError,
     WeightsNotFoundError,
+    content_problem,
     default_weights_dir,
     load_manifest,
-    sha256_file,
     write_manifest_hub,
 )
 
@@ -51,15 +50,15 @@ def stage(out: Path, *, weights_dir: Path | None = None, repo_id: str | None = N
         source, entry = weights_dir / name, manifest["files"][name]
         if not source.is_file():
             raise WeightsNotFoundError(f"{source} is listed in the manifest but missing; export it again first.")
-        if sha256_file(source) != entry["sha256"]:
+        problem = content_problem(source, entry)
+        if problem is not None:
             raise ChecksumError(
-                f"{source} does not match its manifest entry (sha256 {entry['sha256'][:12]}…); "
-                "export it again or restore it from version control before publishing."
+                f"{source} does not match its manifest entry: {problem}. Export it again or restore it from version "
+                "control before publishing."
             )
         shutil.copyfile(source, out / name)
-    manifest["hub"] = {"repo_id": repo_id or manifest["hub"]["repo_id"], "revision": branch}
-    text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    (out / MANIFEST_NAME).write_text(text, encoding="utf-8")
+    shutil.copyfile(weights_dir / MANIFEST_NAME, out / MANIFEST_NAME)
+    write_manifest_hub(repo_id or manifest["hub"]["repo_id"], branch, weights_dir=out)
     (out / CARD_NAME).write_text(model_card(manifest), encoding="utf-8")
     return [*names, MANIFEST_NAME, CARD_NAME]
 
